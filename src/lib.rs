@@ -1,1 +1,32 @@
+//! usher: the authentication and authorization service of the cinema, and the authorizer
+//! its gateway calls on every request.
+//!
+//! Map of the modules (data flows one way: `http` → domain → `store`):
+//! - `app` — builds the application from a `config::Config`, binds, runs until stopped.
+//! - `cli` — the `usher` command line.
+//! - `config` — figment layers: defaults, `usher.toml`, legacy and `USHER_*` variables.
+//! - `http` — listeners, routing, problem details, one file per resource.
+//! - `sessions` — login, refresh (rotation, grace, reuse), logout, session ends.
+//! - `guard` — bearer token → `Principal`, through the verified-token cache.
+//! - `tokens` — JWT signing and verification, keys, JWKS, refresh tokens.
+//! - `passwords` — Argon2id on a bounded blocking pool.
+//! - `revocation` — revoked sessions and roles versions: moka, Redis, PostgreSQL.
+//! - `feed` — the Redis pub/sub change feed between replicas.
+//! - `permissions` — the catalog and the roles → permissions snapshot.
+//! - `kv` — the Redis handle.
+//! - `store` — PostgreSQL: pool, migrations, one file per table family.
+#![forbid(unsafe_code)]
 
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod feed;
+pub mod guard;
+pub mod http;
+pub mod kv;
+pub mod passwords;
+pub mod permissions;
+pub mod revocation;
+pub mod sessions;
+pub mod store;
+pub mod tokens;

@@ -1,0 +1,139 @@
+//! The application: built from a configuration into an object that has already bound its
+//! listeners and reports their addresses, then runs until a shutdown future resolves. Tests
+//! start it on port 0 and stop it.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use deadpool_postgres::Pool;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::guard::Guard;
+use crate::http::{self, Listener};
+use crate::kv::Kv;
+use crate::passwords::Passwords;
+use crate::permissions::Permissions;
+use crate::revocation::Revocation;
+use crate::tokens::Tokens;
+use crate::{feed, store};
+
+/// Everything a request may need; shared by all tasks.
+pub struct State {
+    /// The effective configuration.
+    pub config: Config,
+    /// PostgreSQL.
+    pub db: Pool,
+    /// Redis.
+    pub kv: Arc<Kv>,
+    /// Password hashing.
+    pub passwords: Passwords,
+    /// Access-token keys.
+    pub tokens: Tokens,
+    /// Roles → permissions.
+    pub permissions: Permissions,
+    /// Revoked sessions and roles versions.
+    pub revocation: Revocation,
+    /// Verified-token cache.
+    pub guard: Guard,
+}
+
+/// A built, bound, not yet running usher.
+pub struct Application {
+    api: TcpListener,
+    internal: TcpListener,
+    state: Arc<State>,
+}
+
+impl Application {
+    /// Connects, migrates, seeds, loads keys and binds both listeners.
+    pub async fn build(config: Config) -> anyhow::Result<Application> {
+        let db = store::connect(&config.database).await?;
+        store::migrate::migrate(&db).await?;
+        store::migrate::seed(&db, &[]).await?;
+        let kv = Kv::new(&config.redis)?;
+        let passwords = Passwords::new(&config.passwords).await?;
+        let tokens = Tokens::load(&db, &config.tokens).await?;
+        let permissions = Permissions::load(&db)
+            .await
+            .context("reading roles and permissions")?;
+        let access_ttl = config.tokens.access_ttl.0;
+        let revocation = Revocation::new(kv.clone(), db.clone(), &config.cache, access_ttl);
+        let guard = Guard::new(&config.cache, access_ttl);
+        let api = TcpListener::bind(config.listen.api)
+            .await
+            .with_context(|| format!("binding the API listener to {}", config.listen.api))?;
+        let internal = TcpListener::bind(config.listen.internal)
+            .await
+            .with_context(|| {
+                format!(
+                    "binding the internal listener to {}",
+                    config.listen.internal
+                )
+            })?;
+        let state = Arc::new(State {
+            config,
+            db,
+            kv,
+            passwords,
+            tokens,
+            permissions,
+            revocation,
+            guard,
+        });
+        Ok(Application {
+            api,
+            internal,
+            state,
+        })
+    }
+
+    /// Where the API listener is bound.
+    pub fn api_addr(&self) -> SocketAddr {
+        self.api
+            .local_addr()
+            .unwrap_or_else(|_| self.state.config.listen.api)
+    }
+
+    /// Where the internal listener is bound.
+    pub fn internal_addr(&self) -> SocketAddr {
+        self.internal
+            .local_addr()
+            .unwrap_or_else(|_| self.state.config.listen.internal)
+    }
+
+    /// The shared state, for tests and benches.
+    pub fn state(&self) -> Arc<State> {
+        self.state.clone()
+    }
+
+    /// Serves until `shutdown` resolves, then finishes in-flight requests (bounded).
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let (stop, stopped) = watch::channel(false);
+        let grace = self.state.config.listen.shutdown_grace.0;
+        tracing::info!(api = %self.api_addr(), internal = %self.internal_addr(), "usher listening");
+        let feed = tokio::spawn(feed::run(self.state.clone(), stopped.clone()));
+        let api = tokio::spawn(http::serve(
+            self.api,
+            Listener::Api,
+            self.state.clone(),
+            stopped.clone(),
+            grace,
+        ));
+        let internal = tokio::spawn(http::serve(
+            self.internal,
+            Listener::Internal,
+            self.state.clone(),
+            stopped,
+            grace,
+        ));
+        shutdown.await;
+        tracing::info!("shutting down");
+        let _ = stop.send(true);
+        let _ = tokio::join!(api, internal, feed);
+        Ok(())
+    }
+}

@@ -1,0 +1,147 @@
+//! The command line: `serve`, `migrate`, `roles create`, `keys rotate`, `config`.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use crate::app::Application;
+use crate::config::{Config, LogFormat};
+use crate::store;
+
+/// usher: authentication, authorization and the gateway check of the cinema.
+#[derive(Debug, Parser)]
+#[command(name = "usher", version, about)]
+pub struct Cli {
+    /// Configuration file (TOML); also `USHER_CONFIG`.
+    #[arg(long, global = true, env = "USHER_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Apply migrations, create built-ins, and serve both listeners until SIGTERM.
+    Serve,
+    /// Apply pending migrations and create missing built-in roles and permissions.
+    Migrate,
+    /// Roles.
+    Roles {
+        /// What to do with roles.
+        #[command(subcommand)]
+        command: RolesCommand,
+    },
+    /// Signing keys.
+    Keys {
+        /// What to do with keys.
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Print the effective configuration, secrets masked.
+    Config,
+}
+
+/// `usher roles ...`.
+#[derive(Debug, Subcommand)]
+pub enum RolesCommand {
+    /// Create the built-in roles and permissions that are missing (idempotent).
+    Create,
+}
+
+/// `usher keys ...`.
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Add a new signing key; tokens signed by older keys stay valid until they expire.
+    Rotate,
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = Config::load(cli.config.as_deref()).context("invalid configuration")?;
+    init_logging(&config);
+    match cli.command {
+        Command::Serve => {
+            let app = Application::build(config).await?;
+            app.run_until_stopped(shutdown_signal()).await
+        }
+        Command::Migrate => {
+            let pool = store::connect(&config.database).await?;
+            let applied = store::migrate::migrate(&pool).await?;
+            store::migrate::seed(&pool, &[]).await?;
+            println!(
+                "applied {} migration(s): {}",
+                applied.len(),
+                applied.join(", ")
+            );
+            Ok(())
+        }
+        Command::Roles {
+            command: RolesCommand::Create,
+        } => {
+            let pool = store::connect(&config.database).await?;
+            store::migrate::migrate(&pool).await?;
+            store::migrate::seed(&pool, &[]).await?;
+            println!("built-in roles and permissions are in place");
+            Ok(())
+        }
+        Command::Keys {
+            command: KeysCommand::Rotate,
+        } => {
+            let pool = store::connect(&config.database).await?;
+            store::migrate::migrate(&pool).await?;
+            let kid = crate::tokens::rotate(&pool, &config.tokens).await?;
+            // Tell running replicas; they also reload on their own at the next feed restart.
+            if let Ok(kv) = crate::kv::Kv::new(&config.redis) {
+                let mut pipe = redis::pipe();
+                pipe.cmd("PUBLISH")
+                    .arg(kv.key(crate::revocation::FEED))
+                    .arg("k");
+                let _ = kv.run::<(i64,)>(&pipe).await;
+            }
+            println!("new signing key {kid}");
+            Ok(())
+        }
+        Command::Config => {
+            print!("{}", toml::to_string(&config.masked())?);
+            Ok(())
+        }
+    }
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log.level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match config.log.format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

@@ -1,0 +1,163 @@
+//! `/api/v1/auth/...`: register, login, refresh, logout, logout-all, sessions, history.
+
+use http::{Method, StatusCode};
+use serde::Deserialize;
+
+use super::error::{ApiError, FieldError};
+use super::request::Req;
+use super::response::{self, Items, Page, Response};
+use super::{authorize, principal};
+use crate::app::State;
+use crate::sessions;
+use crate::store::{self, users};
+
+/// Routes under `/api/v1/auth/`.
+pub async fn route(
+    state: &State,
+    method: &Method,
+    rest: &[&str],
+    req: Req,
+) -> Result<Response, ApiError> {
+    match (method, rest) {
+        (&Method::POST, ["register"]) => register(state, req).await,
+        (&Method::POST, ["login"]) => login(state, req).await,
+        (&Method::POST, ["refresh"]) => refresh(state, req).await,
+        (&Method::POST, ["logout"]) => logout(state, req).await,
+        (&Method::POST, ["logout-all"]) => logout_all(state, req).await,
+        (&Method::GET, ["sessions"]) => list_sessions(state, req).await,
+        (&Method::DELETE, ["sessions", id]) => end_session(state, id, req).await,
+        (&Method::GET, ["history"]) => history(state, req).await,
+        (_, ["register" | "login" | "refresh" | "logout" | "logout-all" | "history"])
+        | (_, ["sessions"] | ["sessions", _]) => Err(ApiError::MethodNotAllowed),
+        _ => Err(ApiError::NotFound),
+    }
+}
+
+/// Register and login bodies.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Credentials {
+    email: String,
+    password: String,
+}
+
+/// Trims and checks an e-mail: at most 254 characters, `local@domain`, both non-empty.
+pub fn valid_email(field: &str, email: &str, errors: &mut Vec<FieldError>) -> String {
+    let email = email.trim();
+    let ok = email.chars().count() <= 254
+        && email.split_once('@').is_some_and(|(local, domain)| {
+            !local.is_empty() && !domain.is_empty() && !domain.contains('@')
+        })
+        && !email.chars().any(|c| c.is_whitespace() || c.is_control());
+    if !ok {
+        errors.push(FieldError::new(
+            field,
+            "must be an e-mail address local@domain of at most 254 characters",
+        ));
+    }
+    email.to_owned()
+}
+
+/// Checks a new password: 8 to 128 characters.
+pub fn valid_password(field: &str, password: &str, errors: &mut Vec<FieldError>) {
+    let n = password.chars().count();
+    if !(8..=128).contains(&n) {
+        errors.push(FieldError::new(field, "must be 8 to 128 characters"));
+    }
+}
+
+/// `POST /api/v1/auth/register` — anyone. 201 with the user.
+async fn register(state: &State, req: Req) -> Result<Response, ApiError> {
+    let body: Credentials = req.json()?;
+    let mut errors = Vec::new();
+    let email = valid_email("email", &body.email, &mut errors);
+    valid_password("password", &body.password, &mut errors);
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    let hash = state.passwords.hash(body.password).await?;
+    let mut db = store::conn(&state.db).await?;
+    let tx = db.transaction().await.map_err(store::StoreError::from)?;
+    let user = users::create(&tx, &email, &hash).await?;
+    tx.commit().await.map_err(store::StoreError::from)?;
+    response::json(StatusCode::CREATED, &user)
+}
+
+/// `POST /api/v1/auth/login` — anyone. 200 with tokens.
+async fn login(state: &State, req: Req) -> Result<Response, ApiError> {
+    let body: Credentials = req.json()?;
+    if body.email.chars().count() > 254 || body.password.chars().count() > 128 {
+        // Too long to be anyone's: same answer as a wrong password, without hashing 64 KiB.
+        return Err(ApiError::InvalidCredentials);
+    }
+    let issued = sessions::login(state, body.email.trim(), body.password, &req.origin()).await?;
+    response::json(StatusCode::OK, &issued)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RefreshBody {
+    refresh_token: String,
+}
+
+/// `POST /api/v1/auth/refresh` — a refresh token. 200 with new tokens.
+async fn refresh(state: &State, req: Req) -> Result<Response, ApiError> {
+    let body: RefreshBody = req.json()?;
+    let issued = sessions::refresh(state, &body.refresh_token, &req.origin()).await?;
+    response::json(StatusCode::OK, &issued)
+}
+
+/// `POST /api/v1/auth/logout` — any access token. Ends this session.
+async fn logout(state: &State, req: Req) -> Result<Response, ApiError> {
+    let who = principal(state, &req).await?;
+    sessions::logout(state, &who, &req.origin()).await?;
+    Ok(response::no_content())
+}
+
+/// `POST /api/v1/auth/logout-all` — any access token. Ends every session of the user.
+async fn logout_all(state: &State, req: Req) -> Result<Response, ApiError> {
+    let who = principal(state, &req).await?;
+    sessions::logout_all(state, &who, &req.origin()).await?;
+    Ok(response::no_content())
+}
+
+/// `GET /api/v1/auth/sessions` — any access token. The user's live sessions.
+async fn list_sessions(state: &State, req: Req) -> Result<Response, ApiError> {
+    let who = principal(state, &req).await?;
+    let items = sessions::list(state, &who).await?;
+    response::json(StatusCode::OK, &Items { items })
+}
+
+/// `DELETE /api/v1/auth/sessions/{id}` — any access token; own sessions only (others: 404).
+async fn end_session(state: &State, id: &str, req: Req) -> Result<Response, ApiError> {
+    let who = principal(state, &req).await?;
+    let id = id.parse().map_err(|_| ApiError::NotFound)?;
+    sessions::end_one(state, &who, id, &req.origin()).await?;
+    Ok(response::no_content())
+}
+
+/// `GET /api/v1/auth/history` — `user_self_read`. The caller's history, newest first.
+async fn history(state: &State, req: Req) -> Result<Response, ApiError> {
+    let who = authorize(state, &req, &["user_self_read"]).await?;
+    history_page(state, who.user, &req).await
+}
+
+/// A page of `user`'s history.
+pub async fn history_page(
+    state: &State,
+    user: uuid::Uuid,
+    req: &Req,
+) -> Result<Response, ApiError> {
+    let (page, per_page) = req.pagination()?;
+    let db = store::conn(&state.db).await?;
+    let (items, total) = store::history::page(&db, user, per_page, (page - 1) * per_page).await?;
+    response::json(
+        StatusCode::OK,
+        &Page {
+            items,
+            page,
+            per_page,
+            total,
+        },
+    )
+}

@@ -1,0 +1,286 @@
+//! `ApiError`: every answer that is not a success, written once as RFC 9457 problem details.
+
+use http::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::StatusCode;
+use serde::Serialize;
+
+use super::response::{full, Response};
+
+/// One field that failed validation.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct FieldError {
+    /// The field's name in the request body.
+    pub field: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl FieldError {
+    /// A field error.
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        FieldError {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Every error an endpoint can answer with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400 `malformed_json`.
+    #[error("malformed JSON: {0}")]
+    MalformedJson(String),
+    /// 400 `bad_request`: a request the endpoint cannot read (not a body problem).
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// 401 `unauthorized`: no usable token.
+    #[error("authentication required")]
+    Unauthorized,
+    /// 401 with a token-specific code (`invalid_token`, `token_expired`, ...).
+    #[error("token refused: {0:?}")]
+    Token(TokenError),
+    /// 401 `invalid_credentials`.
+    #[error("invalid credentials")]
+    InvalidCredentials,
+    /// 403 `account_disabled`.
+    #[error("account disabled")]
+    AccountDisabled,
+    /// 403 `forbidden`.
+    #[error("forbidden")]
+    Forbidden,
+    /// 404 `not_found`.
+    #[error("not found")]
+    NotFound,
+    /// 405 `method_not_allowed`.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// 409 with a conflict code (`email_taken`, `role_exists`, `role_builtin`).
+    #[error("conflict: {1}")]
+    Conflict(&'static str, String),
+    /// 413 `payload_too_large`.
+    #[error("payload too large")]
+    PayloadTooLarge,
+    /// 415 `unsupported_media_type`.
+    #[error("unsupported media type")]
+    UnsupportedMediaType,
+    /// 422 `validation_failed` with one entry per field.
+    #[error("validation failed")]
+    Validation(Vec<FieldError>),
+    /// 422 `unknown_permission`.
+    #[error("unknown permission {0}")]
+    UnknownPermission(String),
+    /// 429 `too_many_attempts`, retry after so many seconds.
+    #[error("too many attempts")]
+    TooManyAttempts(u64),
+    /// 503 `unavailable`: PostgreSQL or Redis (or both) cannot answer.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// 500: logged with its cause, answered generically.
+    #[error("internal error: {0:#}")]
+    Internal(#[from] anyhow::Error),
+}
+
+/// Why a bearer token was refused; each is a 401 with its own `code`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenError {
+    /// Malformed, badly signed, of the wrong type or the wrong issuer.
+    Invalid,
+    /// Past its `exp`.
+    Expired,
+    /// Its session ended.
+    Revoked,
+    /// The user's roles changed since it was issued: refresh.
+    Stale,
+    /// A used refresh token came back after the grace window.
+    RefreshReused,
+}
+
+impl TokenError {
+    /// The stable machine-readable code.
+    pub fn code(self) -> &'static str {
+        match self {
+            TokenError::Invalid => "invalid_token",
+            TokenError::Expired => "token_expired",
+            TokenError::Revoked => "token_revoked",
+            TokenError::Stale => "token_stale",
+            TokenError::RefreshReused => "refresh_token_reused",
+        }
+    }
+
+    fn detail(self) -> &'static str {
+        match self {
+            TokenError::Invalid => "The token is malformed, badly signed or not an access token.",
+            TokenError::Expired => "The token has expired.",
+            TokenError::Revoked => "The token's session has ended.",
+            TokenError::Stale => "The user's roles changed; refresh the token.",
+            TokenError::RefreshReused => {
+                "The refresh token was already used; the session has been ended."
+            }
+        }
+    }
+}
+
+impl From<TokenError> for ApiError {
+    fn from(e: TokenError) -> Self {
+        ApiError::Token(e)
+    }
+}
+
+#[derive(Serialize)]
+struct Problem<'a> {
+    r#type: &'static str,
+    title: &'static str,
+    status: u16,
+    code: &'a str,
+    detail: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    errors: Option<&'a [FieldError]>,
+}
+
+impl ApiError {
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::MalformedJson(_) | ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized | ApiError::Token(_) | ApiError::InvalidCredentials => {
+                StatusCode::UNAUTHORIZED
+            }
+            ApiError::AccountDisabled | ApiError::Forbidden => StatusCode::FORBIDDEN,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Conflict(..) => StatusCode::CONFLICT,
+            ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Validation(_) | ApiError::UnknownPermission(_) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            ApiError::TooManyAttempts(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The stable machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::MalformedJson(_) => "malformed_json",
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::Token(t) => t.code(),
+            ApiError::InvalidCredentials => "invalid_credentials",
+            ApiError::AccountDisabled => "account_disabled",
+            ApiError::Forbidden => "forbidden",
+            ApiError::NotFound => "not_found",
+            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::Conflict(code, _) => code,
+            ApiError::PayloadTooLarge => "payload_too_large",
+            ApiError::UnsupportedMediaType => "unsupported_media_type",
+            ApiError::Validation(_) => "validation_failed",
+            ApiError::UnknownPermission(_) => "unknown_permission",
+            ApiError::TooManyAttempts(_) => "too_many_attempts",
+            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+
+    fn detail(&self) -> String {
+        match self {
+            ApiError::MalformedJson(why) => format!("The body is not valid JSON: {why}"),
+            ApiError::BadRequest(why) => why.clone(),
+            ApiError::Unauthorized => "A bearer access token is required.".into(),
+            ApiError::Token(t) => t.detail().into(),
+            ApiError::InvalidCredentials => "E-mail or password is wrong.".into(),
+            ApiError::AccountDisabled => "This account is disabled.".into(),
+            ApiError::Forbidden => "You do not have the permission this needs.".into(),
+            ApiError::NotFound => "No such resource.".into(),
+            ApiError::MethodNotAllowed => "This method is not allowed here.".into(),
+            ApiError::Conflict(_, why) => why.clone(),
+            ApiError::PayloadTooLarge => "The body is larger than 64 KiB.".into(),
+            ApiError::UnsupportedMediaType => "The body must be application/json.".into(),
+            ApiError::Validation(_) => "Some fields are invalid.".into(),
+            ApiError::UnknownPermission(name) => format!("There is no permission `{name}`."),
+            ApiError::TooManyAttempts(secs) => {
+                format!("Too many failed logins; try again in {secs} s.")
+            }
+            // The cause is logged; the client learns only which kind of outage it is.
+            ApiError::Unavailable(_) => "A backing service is unavailable; try again.".into(),
+            ApiError::Internal(_) => "Something went wrong on our side.".into(),
+        }
+    }
+
+    /// The problem-details response; `token_given` adds `error="invalid_token"` to a 401.
+    pub fn into_response(self) -> Response {
+        let status = self.status();
+        match &self {
+            ApiError::Internal(cause) => tracing::error!(error = ?cause, "internal error"),
+            ApiError::Unavailable(cause) => tracing::warn!(cause = %cause, "unavailable"),
+            _ => {}
+        }
+        let detail = self.detail();
+        let problem = Problem {
+            r#type: "about:blank",
+            title: status.canonical_reason().unwrap_or("Error"),
+            status: status.as_u16(),
+            code: self.code(),
+            detail: &detail,
+            errors: match &self {
+                ApiError::Validation(errors) => Some(errors),
+                _ => None,
+            },
+        };
+        let body = serde_json::to_vec(&problem).unwrap_or_default();
+        let mut response = full(status, body);
+        let headers = response.headers_mut();
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        match &self {
+            ApiError::Unauthorized => {
+                headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            ApiError::Token(_) | ApiError::InvalidCredentials => {
+                let value = if matches!(self, ApiError::InvalidCredentials) {
+                    HeaderValue::from_static("Bearer")
+                } else {
+                    HeaderValue::from_static("Bearer error=\"invalid_token\"")
+                };
+                headers.insert(WWW_AUTHENTICATE, value);
+            }
+            ApiError::TooManyAttempts(secs) => {
+                headers.insert(RETRY_AFTER, HeaderValue::from(*secs));
+            }
+            ApiError::Unavailable(_) => {
+                headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> Self {
+        match e {
+            crate::store::StoreError::Unavailable(why) => ApiError::Unavailable(why),
+            crate::store::StoreError::Conflict(code, why) => ApiError::Conflict(code, why),
+            crate::store::StoreError::Other(e) => ApiError::Internal(e),
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_errors_say_nothing_of_their_cause() {
+        let r = ApiError::Internal(anyhow::anyhow!("relation \"users\" does not exist"))
+            .into_response();
+        assert_eq!(r.status(), 500);
+        let body = format!("{:?}", r.body());
+        assert!(!body.contains("relation"));
+    }
+}

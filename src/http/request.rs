@@ -1,0 +1,271 @@
+//! Reading requests: the body with its limits, JSON with field-named errors, the bearer token,
+//! the client's origin, pagination.
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http::header::{AUTHORIZATION, CONTENT_TYPE, USER_AGENT};
+use http::request::Parts;
+use http_body_util::{BodyExt, Limited};
+use serde::de::DeserializeOwned;
+
+use super::error::{ApiError, FieldError};
+use crate::store::history::Origin;
+
+/// Largest body accepted.
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// A request read whole: head, body, peer.
+#[derive(Debug)]
+pub struct Req {
+    /// Method, URI, headers.
+    pub parts: Parts,
+    /// The body (at most `MAX_BODY` bytes).
+    pub body: Bytes,
+    /// The TCP peer.
+    pub peer: SocketAddr,
+}
+
+impl Req {
+    /// Reads the body of a hyper request, enforcing the size limit.
+    pub async fn read<B>(req: http::Request<B>, peer: SocketAddr) -> Result<Req, ApiError>
+    where
+        B: http_body::Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let (parts, body) = req.into_parts();
+        let declared = parts
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > MAX_BODY as u64) {
+            return Err(ApiError::PayloadTooLarge);
+        }
+        let body = Limited::new(body, MAX_BODY)
+            .collect()
+            .await
+            .map_err(|e| {
+                if e.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some()
+                {
+                    ApiError::PayloadTooLarge
+                } else {
+                    ApiError::BadRequest("the request body could not be read".into())
+                }
+            })?
+            .to_bytes();
+        Ok(Req { parts, body, peer })
+    }
+
+    /// A request built in memory, for tests and benches.
+    pub fn new(parts: Parts, body: Bytes, peer: SocketAddr) -> Req {
+        Req { parts, body, peer }
+    }
+
+    /// The body as `T`: 415 unless JSON, 400 when not JSON at all, 422 naming the field
+    /// when the shape is wrong (unknown, missing or mistyped fields).
+    pub fn json<T: DeserializeOwned>(&self) -> Result<T, ApiError> {
+        let content_type = self
+            .parts
+            .headers
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let essence = content_type.split(';').next().unwrap_or("").trim();
+        if !essence.eq_ignore_ascii_case("application/json") {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        parse_json(&self.body)
+    }
+
+    /// The bearer token, if an `Authorization: Bearer` header is present.
+    pub fn bearer(&self) -> Option<&str> {
+        bearer(&self.parts.headers)
+    }
+
+    /// The client's IP and user agent, for sessions and history.
+    pub fn origin(&self) -> Origin {
+        let user_agent = self
+            .parts
+            .headers
+            .get(USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(|s| s.chars().take(512).collect());
+        Origin {
+            ip: Some(client_ip(&self.parts.headers, self.peer)),
+            user_agent,
+        }
+    }
+
+    /// A query parameter, percent-decoded.
+    pub fn query(&self, name: &str) -> Option<String> {
+        let query = self.parts.uri.query()?;
+        query.split('&').find_map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (k == name).then(|| {
+                percent_encoding::percent_decode_str(&v.replace('+', " "))
+                    .decode_utf8_lossy()
+                    .into_owned()
+            })
+        })
+    }
+
+    /// `page` and `per_page` (default 1 and 20, `per_page` at most 100) → `(page, per_page)`.
+    pub fn pagination(&self) -> Result<(i64, i64), ApiError> {
+        let mut errors = Vec::new();
+        let mut read = |name: &str, default: i64, max: i64| match self.query(name) {
+            None => default,
+            Some(v) => match v.parse::<i64>() {
+                Ok(n) if (1..=max).contains(&n) => n,
+                _ => {
+                    errors.push(FieldError::new(
+                        name,
+                        format!("must be a whole number from 1 to {max}"),
+                    ));
+                    default
+                }
+            },
+        };
+        let page = read("page", 1, 1_000_000);
+        let per_page = read("per_page", 20, 100);
+        if errors.is_empty() {
+            Ok((page, per_page))
+        } else {
+            Err(ApiError::Validation(errors))
+        }
+    }
+}
+
+/// Parses JSON, telling a syntax error (400) from a shape error (422, naming the field).
+pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let result: Result<T, _> = serde_path_to_error::deserialize(&mut de);
+    let value = match result {
+        Ok(v) => v,
+        Err(e) => {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            return Err(match inner.classify() {
+                serde_json::error::Category::Data => {
+                    let message = inner.to_string();
+                    let field = field_of(&path, &message);
+                    ApiError::Validation(vec![FieldError::new(field, strip_position(&message))])
+                }
+                _ => ApiError::MalformedJson(strip_position(&inner.to_string())),
+            });
+        }
+    };
+    de.end()
+        .map_err(|e| ApiError::MalformedJson(strip_position(&e.to_string())))?;
+    Ok(value)
+}
+
+/// The field a serde message is about: the path, or for unknown/missing fields the name
+/// in backticks.
+fn field_of(path: &str, message: &str) -> String {
+    let named = message
+        .strip_prefix("unknown field `")
+        .or_else(|| message.strip_prefix("missing field `"))
+        .and_then(|rest| rest.split('`').next());
+    match (named, path) {
+        (Some(name), "." | "") => name.to_owned(),
+        (Some(name), p) if message.starts_with("missing") => format!("{p}.{name}"),
+        (_, "." | "") => "body".into(),
+        (_, p) => p.to_owned(),
+    }
+}
+
+fn strip_position(message: &str) -> String {
+    match message.find(" at line ") {
+        Some(i) => message[..i].to_owned(),
+        None => message.to_owned(),
+    }
+}
+
+/// The bearer token of a header map.
+pub fn bearer(headers: &http::HeaderMap) -> Option<&str> {
+    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+/// The client IP: the first `X-Forwarded-For` entry when present (usher runs behind the
+/// gateway), else the TCP peer.
+fn client_ip(headers: &http::HeaderMap, peer: SocketAddr) -> String {
+    headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .map(str::trim)
+        .and_then(|v| v.parse::<std::net::IpAddr>().ok())
+        .map_or_else(|| peer.ip().to_string(), |ip| ip.to_string())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Login {
+        email: String,
+        password: String,
+    }
+
+    fn codes(body: &str) -> (u16, String) {
+        match parse_json::<Login>(body.as_bytes()) {
+            Ok(_) => (200, String::new()),
+            Err(ApiError::Validation(e)) => (422, e[0].field.clone()),
+            Err(e) => (e.status().as_u16(), String::new()),
+        }
+    }
+
+    #[test]
+    fn json_errors_name_the_field() {
+        assert_eq!(codes(r#"{"email":"a@b","password":"x"}"#).0, 200);
+        assert_eq!(codes(r#"{"email":"a@b"}"#), (422, "password".into()));
+        assert_eq!(
+            codes(r#"{"email":5,"password":"x"}"#),
+            (422, "email".into())
+        );
+        assert_eq!(
+            codes(r#"{"email":"a","password":"x","admin":true}"#),
+            (422, "admin".into())
+        );
+        assert_eq!(codes(r#"[1,2]"#).0, 422);
+        assert_eq!(codes(r#"{"email":"a""#).0, 400);
+        assert_eq!(codes("").0, 400);
+        assert_eq!(codes(r#"{"email":"a","password":"x"} trailing"#).0, 400);
+        assert_eq!(codes(&"[".repeat(100_000)).0, 422);
+        assert_eq!(
+            parse_json::<serde_json::Value>("[".repeat(100_000).as_bytes())
+                .unwrap_err()
+                .status(),
+            400
+        );
+        assert_eq!(
+            parse_json::<Login>(b"{\"email\":\"\xff\"}")
+                .unwrap_err()
+                .status(),
+            400
+        );
+    }
+
+    #[test]
+    fn bearer_tokens_are_read_case_insensitively() {
+        let mut h = http::HeaderMap::new();
+        h.insert(AUTHORIZATION, "bearer abc".parse().unwrap());
+        assert_eq!(bearer(&h), Some("abc"));
+        h.insert(AUTHORIZATION, "Basic abc".parse().unwrap());
+        assert_eq!(bearer(&h), None);
+        h.insert(AUTHORIZATION, "Bearer ".parse().unwrap());
+        assert_eq!(bearer(&h), None);
+    }
+}

@@ -1,0 +1,532 @@
+//! Access tokens (JWT, EdDSA or HS256), signing keys kept in PostgreSQL or a PEM file, the
+//! JWKS, and opaque refresh tokens (stored only as SHA-256 hashes).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use anyhow::Context;
+use arc_swap::ArcSwap;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine;
+use bytes::Bytes;
+use deadpool_postgres::Pool;
+use jsonwebtoken::{DecodingKey, EncodingKey, Header, Validation};
+use ring::rand::{SecureRandom, SystemRandom};
+use ring::signature::{Ed25519KeyPair, KeyPair};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::config::{self, Algorithm};
+use crate::http::error::TokenError;
+use crate::store;
+
+/// Longest token usher looks at; anything longer is refused unread.
+pub const MAX_TOKEN_LEN: usize = 4096;
+
+/// The claims of an access token.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AccessClaims {
+    /// Issuer.
+    pub iss: String,
+    /// The user id.
+    pub sub: Uuid,
+    /// The session id.
+    pub sid: Uuid,
+    /// This token's id.
+    pub jti: Uuid,
+    /// Issued at (Unix seconds).
+    pub iat: i64,
+    /// Not before (Unix seconds): the same as `iat`.
+    pub nbf: i64,
+    /// Expires at (Unix seconds).
+    pub exp: i64,
+    /// The user's role names when it was issued.
+    pub roles: Vec<String>,
+    /// The user's roles version when it was issued; a newer one makes the token stale.
+    pub rv: i64,
+    /// Always `access`.
+    pub typ: String,
+}
+
+/// One key that verifies.
+struct VerifyingKey {
+    key: DecodingKey,
+}
+
+/// The keys in force.
+struct Keys {
+    signing_kid: String,
+    signing: EncodingKey,
+    verifying: HashMap<String, VerifyingKey>,
+    jwks: Bytes,
+}
+
+/// Issues and verifies access tokens.
+pub struct Tokens {
+    algorithm: Algorithm,
+    issuer: String,
+    access_ttl: i64,
+    keys: ArcSwap<Keys>,
+    validation: Validation,
+}
+
+impl Tokens {
+    /// Loads the keys: the PEM file or HS256 secret when configured, otherwise the keys kept
+    /// in PostgreSQL (generating the first one when there is none).
+    pub async fn load(pool: &Pool, cfg: &config::Tokens) -> anyhow::Result<Tokens> {
+        let keys = load_keys(pool, cfg).await?;
+        let alg = jwt_alg(cfg.algorithm);
+        let mut validation = Validation::new(alg);
+        validation.algorithms = vec![alg];
+        validation.leeway = 0;
+        validation.validate_nbf = true;
+        validation.set_issuer(&[cfg.issuer.as_str()]);
+        validation.set_required_spec_claims(&["exp", "nbf", "iss", "sub"]);
+        Ok(Tokens {
+            algorithm: cfg.algorithm,
+            issuer: cfg.issuer.clone(),
+            access_ttl: cfg.access_ttl.0.as_secs() as i64,
+            keys: ArcSwap::from_pointee(keys),
+            validation,
+        })
+    }
+
+    /// Rereads the keys (after `usher keys rotate` on any replica).
+    pub async fn reload(&self, pool: &Pool, cfg: &config::Tokens) -> anyhow::Result<()> {
+        self.keys.store(Arc::new(load_keys(pool, cfg).await?));
+        Ok(())
+    }
+
+    /// Lifetime of access tokens, in seconds.
+    pub fn access_ttl(&self) -> i64 {
+        self.access_ttl
+    }
+
+    /// Signs a new access token; returns it with its claims.
+    pub fn issue(
+        &self,
+        user: Uuid,
+        session: Uuid,
+        roles: Vec<String>,
+        roles_version: i64,
+    ) -> anyhow::Result<(String, AccessClaims)> {
+        let now = chrono::Utc::now().timestamp();
+        let claims = AccessClaims {
+            iss: self.issuer.clone(),
+            sub: user,
+            sid: session,
+            jti: Uuid::new_v4(),
+            iat: now,
+            nbf: now,
+            exp: now + self.access_ttl,
+            roles,
+            rv: roles_version,
+            typ: "access".into(),
+        };
+        let keys = self.keys.load();
+        let mut header = Header::new(jwt_alg(self.algorithm));
+        header.kid = Some(keys.signing_kid.clone());
+        let token = jsonwebtoken::encode(&header, &claims, &keys.signing)
+            .context("signing an access token")?;
+        Ok((token, claims))
+    }
+
+    /// Verifies signature, algorithm, issuer, time and type. Revocation is not its business.
+    pub fn verify(&self, token: &str) -> Result<AccessClaims, TokenError> {
+        if token.len() > MAX_TOKEN_LEN {
+            return Err(TokenError::Invalid);
+        }
+        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Invalid)?;
+        let keys = self.keys.load();
+        let key = header
+            .kid
+            .as_deref()
+            .and_then(|kid| keys.verifying.get(kid))
+            .ok_or(TokenError::Invalid)?;
+        let data = jsonwebtoken::decode::<AccessClaims>(token, &key.key, &self.validation)
+            .map_err(|e| match e.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
+                _ => TokenError::Invalid,
+            })?;
+        if data.claims.typ != "access" {
+            return Err(TokenError::Invalid);
+        }
+        Ok(data.claims)
+    }
+
+    /// The JWK set, serialized once per key change.
+    pub fn jwks(&self) -> Bytes {
+        self.keys.load().jwks.clone()
+    }
+}
+
+fn jwt_alg(a: Algorithm) -> jsonwebtoken::Algorithm {
+    match a {
+        Algorithm::EdDSA => jsonwebtoken::Algorithm::EdDSA,
+        Algorithm::HS256 => jsonwebtoken::Algorithm::HS256,
+    }
+}
+
+fn algorithm_name(a: Algorithm) -> &'static str {
+    match a {
+        Algorithm::EdDSA => "EdDSA",
+        Algorithm::HS256 => "HS256",
+    }
+}
+
+/// A key as kept: kid, private part, public part (empty for HS256).
+pub struct StoredKey {
+    /// Key id.
+    pub kid: String,
+    /// PKCS#8 DER (Ed25519) or the secret (HS256).
+    pub private_key: Vec<u8>,
+    /// Raw Ed25519 public key.
+    pub public_key: Vec<u8>,
+}
+
+async fn load_keys(pool: &Pool, cfg: &config::Tokens) -> anyhow::Result<Keys> {
+    let stored = match (cfg.algorithm, &cfg.key_file, &cfg.hs256_secret) {
+        (Algorithm::EdDSA, Some(path), _) => vec![ed25519_from_pem_file(path)?],
+        (Algorithm::HS256, _, Some(secret)) => {
+            let secret = secret.expose().as_bytes().to_vec();
+            anyhow::ensure!(
+                secret.len() >= 32,
+                "tokens.hs256_secret must be at least 32 bytes"
+            );
+            vec![StoredKey {
+                kid: kid_of(&secret, "hs"),
+                private_key: secret,
+                public_key: Vec::new(),
+            }]
+        }
+        (alg, _, _) => {
+            let name = algorithm_name(alg);
+            let mut keys = store::keys::list(pool, name).await?;
+            if keys.is_empty() {
+                store::keys::insert(pool, name, &generate(alg)?).await?;
+                keys = store::keys::list(pool, name).await?;
+            }
+            keys
+        }
+    };
+    build_keys(cfg.algorithm, stored)
+}
+
+/// Adds a new signing key; the old ones keep verifying until their tokens expire.
+pub async fn rotate(pool: &Pool, cfg: &config::Tokens) -> anyhow::Result<String> {
+    anyhow::ensure!(
+        cfg.key_file.is_none() && cfg.hs256_secret.is_none(),
+        "keys are configured from a file or secret; replace it to rotate"
+    );
+    let key = generate(cfg.algorithm)?;
+    store::keys::insert(pool, algorithm_name(cfg.algorithm), &key).await?;
+    Ok(key.kid)
+}
+
+fn generate(alg: Algorithm) -> anyhow::Result<StoredKey> {
+    let rng = SystemRandom::new();
+    match alg {
+        Algorithm::EdDSA => {
+            let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng)
+                .map_err(|_| anyhow::anyhow!("generating an Ed25519 key failed"))?;
+            let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref())
+                .map_err(|_| anyhow::anyhow!("reading the new Ed25519 key failed"))?;
+            let public_key = pair.public_key().as_ref().to_vec();
+            Ok(StoredKey {
+                kid: kid_of(&public_key, "ed"),
+                private_key: pkcs8.as_ref().to_vec(),
+                public_key,
+            })
+        }
+        Algorithm::HS256 => {
+            let mut secret = vec![0u8; 32];
+            rng.fill(&mut secret)
+                .map_err(|_| anyhow::anyhow!("the system random source failed"))?;
+            Ok(StoredKey {
+                kid: kid_of(&secret, "hs"),
+                private_key: secret,
+                public_key: Vec::new(),
+            })
+        }
+    }
+}
+
+/// Key ids: a prefix and 16 hex digits of a hash, never the key itself.
+fn kid_of(material: &[u8], prefix: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, material);
+    let hex: String = digest.as_ref()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("{prefix}-{hex}")
+}
+
+fn ed25519_from_pem_file(path: &std::path::Path) -> anyhow::Result<StoredKey> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading tokens.key_file {}", path.display()))?;
+    let body: String = text
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .map(str::trim)
+        .collect();
+    let der = STANDARD
+        .decode(body)
+        .with_context(|| format!("{} is not a PEM file", path.display()))?;
+    let pair = Ed25519KeyPair::from_pkcs8_maybe_unchecked(&der)
+        .map_err(|_| anyhow::anyhow!("{} is not an Ed25519 PKCS#8 private key", path.display()))?;
+    let public_key = pair.public_key().as_ref().to_vec();
+    Ok(StoredKey {
+        kid: kid_of(&public_key, "ed"),
+        private_key: der,
+        public_key,
+    })
+}
+
+fn build_keys(alg: Algorithm, stored: Vec<StoredKey>) -> anyhow::Result<Keys> {
+    // The newest key signs; the list comes newest first.
+    let newest = stored.first().context("no signing key")?;
+    let signing = match alg {
+        Algorithm::EdDSA => EncodingKey::from_ed_der(&newest.private_key),
+        Algorithm::HS256 => EncodingKey::from_secret(&newest.private_key),
+    };
+    let mut verifying = HashMap::new();
+    let mut jwks = Vec::new();
+    for key in &stored {
+        let decoding = match alg {
+            Algorithm::EdDSA => {
+                let x = URL_SAFE_NO_PAD.encode(&key.public_key);
+                jwks.push(serde_json::json!({
+                    "kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "use": "sig",
+                    "kid": key.kid, "x": x,
+                }));
+                DecodingKey::from_ed_components(&x)
+                    .context("an Ed25519 public key is unreadable")?
+            }
+            Algorithm::HS256 => DecodingKey::from_secret(&key.private_key),
+        };
+        verifying.insert(key.kid.clone(), VerifyingKey { key: decoding });
+    }
+    let jwks = serde_json::to_vec(&serde_json::json!({ "keys": jwks }))?;
+    Ok(Keys {
+        signing_kid: newest.kid.clone(),
+        signing,
+        verifying,
+        jwks: Bytes::from(jwks),
+    })
+}
+
+/// A new refresh token (256 random bits, base64url) and its SHA-256 hash.
+pub fn new_refresh_token() -> anyhow::Result<(String, Vec<u8>)> {
+    let mut raw = [0u8; 32];
+    SystemRandom::new()
+        .fill(&mut raw)
+        .map_err(|_| anyhow::anyhow!("the system random source failed"))?;
+    let token = URL_SAFE_NO_PAD.encode(raw);
+    let hash = hash_refresh_token(&token);
+    Ok((token, hash))
+}
+
+/// What is stored of a refresh token. Lookups go by this hash, so comparing it leaks nothing.
+pub fn hash_refresh_token(token: &str) -> Vec<u8> {
+    ring::digest::digest(&ring::digest::SHA256, token.as_bytes())
+        .as_ref()
+        .to_vec()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    fn tokens_with(alg: Algorithm, keys: Vec<StoredKey>, ttl: i64) -> Tokens {
+        let mut validation = Validation::new(jwt_alg(alg));
+        validation.algorithms = vec![jwt_alg(alg)];
+        validation.leeway = 0;
+        validation.validate_nbf = true;
+        validation.set_issuer(&["usher"]);
+        validation.set_required_spec_claims(&["exp", "nbf", "iss", "sub"]);
+        Tokens {
+            algorithm: alg,
+            issuer: "usher".into(),
+            access_ttl: ttl,
+            keys: ArcSwap::from_pointee(build_keys(alg, keys).unwrap()),
+            validation,
+        }
+    }
+
+    fn ed() -> Tokens {
+        tokens_with(
+            Algorithm::EdDSA,
+            vec![generate(Algorithm::EdDSA).unwrap()],
+            60,
+        )
+    }
+
+    fn sign_raw(t: &Tokens, header: &Header, claims: &serde_json::Value) -> String {
+        let keys = t.keys.load();
+        jsonwebtoken::encode(header, claims, &keys.signing).unwrap()
+    }
+
+    fn claims_json(t: &Tokens, iat: i64, exp: i64, typ: &str) -> serde_json::Value {
+        serde_json::json!({
+            "iss": "usher", "sub": Uuid::new_v4(), "sid": Uuid::new_v4(), "jti": Uuid::new_v4(),
+            "iat": iat, "nbf": iat, "exp": exp, "roles": ["user"], "rv": 0, "typ": typ,
+        })
+        .tap(|_| drop(t))
+    }
+
+    trait Tap: Sized {
+        fn tap(self, f: impl FnOnce(&Self)) -> Self {
+            f(&self);
+            self
+        }
+    }
+    impl<T> Tap for T {}
+
+    fn header(t: &Tokens, alg: jsonwebtoken::Algorithm) -> Header {
+        let mut h = Header::new(alg);
+        h.kid = Some(t.keys.load().signing_kid.clone());
+        h
+    }
+
+    #[test]
+    fn issued_tokens_verify_with_their_claims() {
+        let t = ed();
+        let (user, sid) = (Uuid::new_v4(), Uuid::new_v4());
+        let (token, claims) = t.issue(user, sid, vec!["user".into()], 3).unwrap();
+        let back = t.verify(&token).unwrap();
+        assert_eq!(back, claims);
+        assert_eq!(
+            (back.sub, back.sid, back.rv, back.typ.as_str()),
+            (user, sid, 3, "access")
+        );
+        let header = jsonwebtoken::decode_header(&token).unwrap();
+        assert_eq!(header.alg, jsonwebtoken::Algorithm::EdDSA);
+        assert!(header.kid.unwrap().starts_with("ed-"));
+    }
+
+    #[test]
+    fn another_key_is_refused() {
+        let t = ed();
+        let other = ed();
+        let (token, _) = other
+            .issue(Uuid::new_v4(), Uuid::new_v4(), vec![], 0)
+            .unwrap();
+        assert_eq!(t.verify(&token), Err(TokenError::Invalid));
+        // even with the kid forged to ours
+        let now = chrono::Utc::now().timestamp();
+        let forged = sign_raw(
+            &other,
+            &header(&t, jsonwebtoken::Algorithm::EdDSA),
+            &claims_json(&t, now, now + 60, "access"),
+        );
+        assert_eq!(t.verify(&forged), Err(TokenError::Invalid));
+    }
+
+    #[test]
+    fn alg_none_and_other_algorithms_are_refused() {
+        let t = ed();
+        let (token, _) = t.issue(Uuid::new_v4(), Uuid::new_v4(), vec![], 0).unwrap();
+        let mut parts = token.split('.');
+        let (_, payload) = (parts.next(), parts.next().unwrap());
+        let none_header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
+        assert_eq!(
+            t.verify(&format!("{none_header}.{payload}.")),
+            Err(TokenError::Invalid)
+        );
+        // an HS256 token keyed with the public key (algorithm confusion)
+        let keys = t.keys.load();
+        let public = t.jwks();
+        let hs = jsonwebtoken::encode(
+            &header(&t, jsonwebtoken::Algorithm::HS256),
+            &claims_json(&t, 0, i64::MAX / 2, "access"),
+            &EncodingKey::from_secret(&public),
+        )
+        .unwrap();
+        drop(keys);
+        assert_eq!(t.verify(&hs), Err(TokenError::Invalid));
+    }
+
+    #[test]
+    fn expired_and_not_yet_valid_tokens_are_refused() {
+        let t = ed();
+        let now = chrono::Utc::now().timestamp();
+        let h = header(&t, jsonwebtoken::Algorithm::EdDSA);
+        let expired = sign_raw(&t, &h, &claims_json(&t, now - 120, now - 60, "access"));
+        assert_eq!(t.verify(&expired), Err(TokenError::Expired));
+        let future = sign_raw(&t, &h, &claims_json(&t, now + 600, now + 900, "access"));
+        assert_eq!(t.verify(&future), Err(TokenError::Invalid));
+        let refresh_typed = sign_raw(&t, &h, &claims_json(&t, now, now + 60, "refresh"));
+        assert_eq!(t.verify(&refresh_typed), Err(TokenError::Invalid));
+    }
+
+    #[test]
+    fn garbage_is_refused() {
+        let t = ed();
+        for junk in [
+            "",
+            "a",
+            "a.b",
+            "a.b.c",
+            "....",
+            "ey.ey.ey",
+            &"x".repeat(10_000),
+            "\u{0}.\u{1}.\u{2}",
+        ] {
+            assert_eq!(t.verify(junk), Err(TokenError::Invalid), "{junk:?}");
+        }
+    }
+
+    #[test]
+    fn hs256_works_and_ed_tokens_do_not_pass_it() {
+        let hs = tokens_with(
+            Algorithm::HS256,
+            vec![generate(Algorithm::HS256).unwrap()],
+            60,
+        );
+        let (token, _) = hs.issue(Uuid::new_v4(), Uuid::new_v4(), vec![], 0).unwrap();
+        assert!(hs.verify(&token).is_ok());
+        let (ed_token, _) = ed()
+            .issue(Uuid::new_v4(), Uuid::new_v4(), vec![], 0)
+            .unwrap();
+        assert_eq!(hs.verify(&ed_token), Err(TokenError::Invalid));
+        assert_eq!(&hs.jwks()[..], br#"{"keys":[]}"#);
+    }
+
+    #[test]
+    fn rotated_keys_keep_verifying_old_tokens() {
+        let first = generate(Algorithm::EdDSA).unwrap();
+        let first_copy = StoredKey {
+            kid: first.kid.clone(),
+            private_key: first.private_key.clone(),
+            public_key: first.public_key.clone(),
+        };
+        let old = tokens_with(Algorithm::EdDSA, vec![first], 60);
+        let (token, _) = old
+            .issue(Uuid::new_v4(), Uuid::new_v4(), vec![], 0)
+            .unwrap();
+        let second = generate(Algorithm::EdDSA).unwrap();
+        let new_kid = second.kid.clone();
+        let rotated = tokens_with(Algorithm::EdDSA, vec![second, first_copy], 60);
+        assert!(rotated.verify(&token).is_ok());
+        let (fresh, _) = rotated
+            .issue(Uuid::new_v4(), Uuid::new_v4(), vec![], 0)
+            .unwrap();
+        assert_eq!(
+            jsonwebtoken::decode_header(&fresh).unwrap().kid.unwrap(),
+            new_kid
+        );
+        let jwks: serde_json::Value = serde_json::from_slice(&rotated.jwks()).unwrap();
+        assert_eq!(jwks["keys"].as_array().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn refresh_tokens_are_long_random_and_hashed() {
+        let (a, ha) = new_refresh_token().unwrap();
+        let (b, _) = new_refresh_token().unwrap();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 43);
+        assert_eq!(ha, hash_refresh_token(&a));
+        assert_eq!(ha.len(), 32);
+    }
+}
