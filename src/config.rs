@@ -272,7 +272,7 @@ impl Config {
         }
         figment.merge(legacy_env()).merge(
             Env::prefixed("USHER_")
-                .filter(|key| !matches!(key.as_str(), "config" | "superuser_password"))
+                .filter(|key| key != "config" && key != "superuser_password")
                 .split("__"),
         )
     }

@@ -367,21 +367,12 @@ mod tests {
         jsonwebtoken::encode(header, claims, &keys.signing).unwrap()
     }
 
-    fn claims_json(t: &Tokens, iat: i64, exp: i64, typ: &str) -> serde_json::Value {
+    fn claims_json(iat: i64, exp: i64, typ: &str) -> serde_json::Value {
         serde_json::json!({
             "iss": "usher", "sub": Uuid::new_v4(), "sid": Uuid::new_v4(), "jti": Uuid::new_v4(),
             "iat": iat, "nbf": iat, "exp": exp, "roles": ["user"], "rv": 0, "typ": typ,
         })
-        .tap(|_| drop(t))
     }
-
-    trait Tap: Sized {
-        fn tap(self, f: impl FnOnce(&Self)) -> Self {
-            f(&self);
-            self
-        }
-    }
-    impl<T> Tap for T {}
 
     fn header(t: &Tokens, alg: jsonwebtoken::Algorithm) -> Header {
         let mut h = Header::new(alg);
@@ -418,7 +409,7 @@ mod tests {
         let forged = sign_raw(
             &other,
             &header(&t, jsonwebtoken::Algorithm::EdDSA),
-            &claims_json(&t, now, now + 60, "access"),
+            &claims_json(now, now + 60, "access"),
         );
         assert_eq!(t.verify(&forged), Err(TokenError::Invalid));
     }
@@ -439,7 +430,7 @@ mod tests {
         let public = t.jwks();
         let hs = jsonwebtoken::encode(
             &header(&t, jsonwebtoken::Algorithm::HS256),
-            &claims_json(&t, 0, i64::MAX / 2, "access"),
+            &claims_json(0, i64::MAX / 2, "access"),
             &EncodingKey::from_secret(&public),
         )
         .unwrap();
@@ -452,11 +443,11 @@ mod tests {
         let t = ed();
         let now = chrono::Utc::now().timestamp();
         let h = header(&t, jsonwebtoken::Algorithm::EdDSA);
-        let expired = sign_raw(&t, &h, &claims_json(&t, now - 120, now - 60, "access"));
+        let expired = sign_raw(&t, &h, &claims_json(now - 120, now - 60, "access"));
         assert_eq!(t.verify(&expired), Err(TokenError::Expired));
-        let future = sign_raw(&t, &h, &claims_json(&t, now + 600, now + 900, "access"));
+        let future = sign_raw(&t, &h, &claims_json(now + 600, now + 900, "access"));
         assert_eq!(t.verify(&future), Err(TokenError::Invalid));
-        let refresh_typed = sign_raw(&t, &h, &claims_json(&t, now, now + 60, "refresh"));
+        let refresh_typed = sign_raw(&t, &h, &claims_json(now, now + 60, "refresh"));
         assert_eq!(t.verify(&refresh_typed), Err(TokenError::Invalid));
     }
 

@@ -1,0 +1,1 @@
+//! Bad input gets a clear problem-details answer and never a 500.

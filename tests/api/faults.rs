@@ -1,0 +1,1 @@
+//! PostgreSQL and Redis faults: clear 503s, nothing lost, recovery without restart.

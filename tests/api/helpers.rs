@@ -1,0 +1,399 @@
+//! The test harness: each `TestApp` gets a fresh PostgreSQL database, its own Redis key
+//! prefix, and an usher in-process on port 0. Dropping it stops usher and removes both.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use reqwest::{Client, Method, Response, StatusCode};
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+use usher::app::Application;
+use usher::config::{Config, Dur, Secret};
+
+/// Where the tests find PostgreSQL and Redis (the README's defaults).
+pub fn admin_url() -> String {
+    std::env::var("USHER_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// The shared Redis of the tests.
+pub fn redis_url() -> String {
+    std::env::var("USHER_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into())
+}
+
+fn database_url(name: &str) -> String {
+    let admin = admin_url();
+    let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
+    format!("{base}/{name}")
+}
+
+/// A configuration for a test: fresh names, port 0, cheap password hashing.
+pub fn test_config() -> Config {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let mut c = Config::default();
+    c.listen.api = "127.0.0.1:0".parse().unwrap();
+    c.listen.internal = "127.0.0.1:0".parse().unwrap();
+    c.listen.shutdown_grace = Dur::secs(2);
+    c.database.url = Secret::new(database_url(&format!("usher_test_{id}")));
+    c.database.pool_size = 4;
+    c.redis.url = Secret::new(redis_url());
+    c.redis.prefix = format!("usher-test:{id}:");
+    c.passwords.memory_kib = 1024;
+    c.passwords.iterations = 1;
+    c.routes.file = std::path::PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/gateway-config/routes.toml"
+    ));
+    c
+}
+
+/// A running usher and an HTTP client for it.
+pub struct TestApp {
+    pub config: Config,
+    pub api: SocketAddr,
+    pub internal: SocketAddr,
+    pub client: Client,
+    pub state: std::sync::Arc<usher::app::State>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    /// Only the first instance over a database removes it.
+    owner: bool,
+}
+
+impl TestApp {
+    /// usher with the test defaults.
+    pub async fn spawn() -> TestApp {
+        Self::spawn_with(|_| {}).await
+    }
+
+    /// usher with the test defaults changed by `adjust`.
+    pub async fn spawn_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
+        let mut config = test_config();
+        adjust(&mut config);
+        Self::start(config, true).await
+    }
+
+    /// A second usher sharing this one's database and Redis key space (another replica).
+    pub async fn replica(&self) -> TestApp {
+        let mut config = self.config.clone();
+        config.listen.api = "127.0.0.1:0".parse().unwrap();
+        config.listen.internal = "127.0.0.1:0".parse().unwrap();
+        Self::start(config, false).await
+    }
+
+    async fn start(config: Config, owner: bool) -> TestApp {
+        let app = Application::build(config.clone())
+            .await
+            .expect("usher should start against the test PostgreSQL and Redis");
+        let (api, internal, state) = (app.api_addr(), app.internal_addr(), app.state());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            app.run_until_stopped(async {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("usher should stop cleanly");
+        });
+        let app = TestApp {
+            config,
+            api,
+            internal,
+            client: Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
+            state,
+            stop: Some(stop),
+            task: Some(task),
+            owner,
+        };
+        app.wait_for_feed().await;
+        app
+    }
+
+    /// Waits (bounded) until the change feed is subscribed, so replicas see each other.
+    pub async fn wait_for_feed(&self) {
+        for _ in 0..200 {
+            if self.state.revocation.feed_is_up() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Stops usher and waits for it.
+    pub async fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.api, path)
+    }
+
+    pub fn internal_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.internal, path)
+    }
+
+    /// Any request to the API listener.
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Response {
+        let mut r = self.client.request(method, self.url(path));
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        r.send().await.expect("the API should answer")
+    }
+
+    pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> Response {
+        self.request(Method::POST, path, token, Some(body)).await
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> Response {
+        self.request(Method::GET, path, token, None).await
+    }
+
+    pub async fn register(&self, email: &str, password: &str) -> Response {
+        self.post(
+            "/api/v1/auth/register",
+            None,
+            json!({"email": email, "password": password}),
+        )
+        .await
+    }
+
+    pub async fn login(&self, email: &str, password: &str) -> Response {
+        self.post(
+            "/api/v1/auth/login",
+            None,
+            json!({"email": email, "password": password}),
+        )
+        .await
+    }
+
+    /// Registers and logs in a fresh user; returns (user id, access token, refresh token).
+    pub async fn user(&self) -> Signed {
+        let email = format!("{}@cinema.test", uuid::Uuid::new_v4().simple());
+        self.user_with(&email, "correct horse battery").await
+    }
+
+    pub async fn user_with(&self, email: &str, password: &str) -> Signed {
+        let r = self.register(email, password).await;
+        assert_eq!(r.status(), StatusCode::CREATED, "register");
+        let user: Value = r.json().await.unwrap();
+        let r = self.login(email, password).await;
+        assert_eq!(r.status(), StatusCode::OK, "login");
+        let t: Value = r.json().await.unwrap();
+        Signed {
+            id: user["id"].as_str().unwrap().to_owned(),
+            email: email.to_owned(),
+            password: password.to_owned(),
+            access: t["access_token"].as_str().unwrap().to_owned(),
+            refresh: t["refresh_token"].as_str().unwrap().to_owned(),
+        }
+    }
+
+    /// Runs SQL against this test's database.
+    pub async fn sql(&self, statement: &str) {
+        let db = self.state.db.get().await.unwrap();
+        db.batch_execute(statement).await.unwrap();
+    }
+}
+
+/// A signed-in test user.
+#[derive(Debug, Clone)]
+pub struct Signed {
+    pub id: String,
+    pub email: String,
+    pub password: String,
+    pub access: String,
+    pub refresh: String,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if !self.owner {
+            return;
+        }
+        let url = self.config.database.url.expose().to_owned();
+        let redis = self.config.redis.url.expose().to_owned();
+        let prefix = self.config.redis.prefix.clone();
+        // Drop runs outside async; clean up on a thread with its own small runtime.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let name = url.rsplit('/').next().unwrap_or_default().to_owned();
+                if let Ok((client, conn)) =
+                    tokio_postgres::connect(&admin_url(), tokio_postgres::NoTls).await
+                {
+                    tokio::spawn(conn);
+                    let _ = client
+                        .batch_execute(&format!("drop database if exists \"{name}\" with (force)"))
+                        .await;
+                }
+                if let Ok(client) = redis::Client::open(redis.as_str()) {
+                    if let Ok(mut c) = client.get_multiplexed_async_connection().await {
+                        let keys: Vec<String> = redis::cmd("KEYS")
+                            .arg(format!("{prefix}*"))
+                            .query_async(&mut c)
+                            .await
+                            .unwrap_or_default();
+                        if !keys.is_empty() {
+                            let _: Result<(), _> =
+                                redis::cmd("DEL").arg(keys).query_async(&mut c).await;
+                        }
+                    }
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// Reads a problem-details answer: (status, code).
+pub async fn problem(r: Response) -> (u16, String) {
+    let status = r.status().as_u16();
+    let ct = r
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let body: Value = r.json().await.unwrap_or(Value::Null);
+    assert_eq!(
+        ct.as_deref(),
+        Some("application/problem+json"),
+        "problem content type; body {body}"
+    );
+    assert_eq!(
+        body["status"].as_u64(),
+        Some(u64::from(status)),
+        "status field; body {body}"
+    );
+    (status, body["code"].as_str().unwrap_or_default().to_owned())
+}
+
+/// Polls `probe` until it is true, for at most `within`; true when it became true.
+/// Used to show that something happens within a bound, never to measure speed.
+pub async fn eventually<F, Fut>(within: Duration, mut probe: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if probe().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A private redis-server on a free port, killed on drop: for Redis fault tests.
+pub struct RedisServer {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    pub fn start() -> RedisServer {
+        let port = free_port();
+        let mut s = RedisServer { port, child: None };
+        s.spawn();
+        s
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new(which("redis-server"))
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed for the Redis fault tests");
+        self.child = Some(child);
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("the private redis-server did not start");
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again, empty, on the same port.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Finds a binary on PATH (or the usual sbin folders).
+pub fn which(name: &str) -> String {
+    let path = std::env::var("PATH").unwrap_or_default();
+    for dir in path
+        .split(':')
+        .chain(["/usr/sbin", "/usr/local/sbin", "/usr/local/bin", "/usr/bin"])
+    {
+        let candidate = std::path::Path::new(dir).join(name);
+        if candidate.is_file() {
+            return candidate.to_string_lossy().into_owned();
+        }
+    }
+    name.to_owned()
+}

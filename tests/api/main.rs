@@ -1,0 +1,6 @@
+//! The integration tests: one binary, real PostgreSQL and Redis, usher over real HTTP.
+
+mod auth;
+mod bad_input;
+mod faults;
+mod helpers;
