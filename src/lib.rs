@@ -1,1 +1,3 @@
+//! usher: authentication and authorization service and gateway authorizer of the online cinema.
 
+pub mod routes;
