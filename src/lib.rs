@@ -13,6 +13,7 @@
 //! - `revocation` — revoked sessions and roles versions: moka, Redis, PostgreSQL.
 //! - `feed` — the Redis pub/sub change feed between replicas.
 //! - `permissions` — the catalog and the roles → permissions snapshot.
+//! - `routes` — the gateway route map: parse, validate, normalise, match, reload.
 //! - `kv` — the Redis handle.
 //! - `store` — PostgreSQL: pool, migrations, one file per table family.
 #![forbid(unsafe_code)]
@@ -27,6 +28,7 @@ pub mod kv;
 pub mod passwords;
 pub mod permissions;
 pub mod revocation;
+pub mod routes;
 pub mod sessions;
 pub mod store;
 pub mod tokens;
