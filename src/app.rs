@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
+use arc_swap::ArcSwap;
 use deadpool_postgres::Pool;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -18,6 +19,7 @@ use crate::kv::Kv;
 use crate::passwords::Passwords;
 use crate::permissions::Permissions;
 use crate::revocation::Revocation;
+use crate::routes::RouteMap;
 use crate::tokens::Tokens;
 use crate::{feed, store};
 
@@ -39,6 +41,14 @@ pub struct State {
     pub revocation: Revocation,
     /// Verified-token cache.
     pub guard: Guard,
+    /// The gateway route map in force; swapped whole on reload.
+    pub routes: Arc<ArcSwap<RouteMap>>,
+}
+
+/// Loads the route map named by the configuration; fatal at startup when it is bad.
+pub fn load_routes(config: &Config) -> anyhow::Result<RouteMap> {
+    RouteMap::load(&config.routes.file, &crate::permissions::builtin_names())
+        .with_context(|| format!("loading the route map {}", config.routes.file.display()))
 }
 
 /// A built, bound, not yet running usher.
@@ -51,9 +61,10 @@ pub struct Application {
 impl Application {
     /// Connects, migrates, seeds, loads keys and binds both listeners.
     pub async fn build(config: Config) -> anyhow::Result<Application> {
+        let routes = load_routes(&config)?;
         let db = store::connect(&config.database).await?;
         store::migrate::migrate(&db).await?;
-        store::migrate::seed(&db, &[]).await?;
+        store::migrate::seed(&db, routes.service_permissions()).await?;
         let kv = Kv::new(&config.redis)?;
         let passwords = Passwords::new(&config.passwords).await?;
         let tokens = Tokens::load(&db, &config.tokens).await?;
@@ -83,6 +94,7 @@ impl Application {
             permissions,
             revocation,
             guard,
+            routes: Arc::new(ArcSwap::from_pointee(routes)),
         });
         Ok(Application {
             api,
@@ -116,6 +128,7 @@ impl Application {
         let grace = self.state.config.listen.shutdown_grace.0;
         tracing::info!(api = %self.api_addr(), internal = %self.internal_addr(), "usher listening");
         let feed = tokio::spawn(feed::run(self.state.clone(), stopped.clone()));
+        let reloader = self.spawn_route_reloader();
         let api = tokio::spawn(http::serve(
             self.api,
             Listener::Api,
@@ -133,7 +146,38 @@ impl Application {
         shutdown.await;
         tracing::info!("shutting down");
         let _ = stop.send(true);
+        reloader.abort();
         let _ = tokio::join!(api, internal, feed);
         Ok(())
+    }
+
+    /// Reloads the route map when its file changes or on SIGHUP; new service permissions go
+    /// into the catalog and every replica rereads it.
+    fn spawn_route_reloader(&self) -> tokio::task::JoinHandle<()> {
+        let state = self.state.clone();
+        let builtin = crate::permissions::builtin_names()
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        crate::routes::spawn_reloader(
+            state.config.routes.file.clone(),
+            builtin,
+            state.routes.clone(),
+            move |map| {
+                let state = state.clone();
+                let declared = map.service_permissions().to_vec();
+                tokio::spawn(async move {
+                    match store::migrate::seed(&state.db, &declared).await {
+                        Ok(()) => {
+                            if let Err(e) = state.permissions.refresh(&state.db, true).await {
+                                tracing::warn!(error = %e, "permission snapshot not refreshed");
+                            }
+                            state.revocation.announce("c").await;
+                        }
+                        Err(e) => tracing::warn!(error = %e, "service permissions not stored"),
+                    }
+                });
+            },
+        )
     }
 }

@@ -68,9 +68,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             app.run_until_stopped(shutdown_signal()).await
         }
         Command::Migrate => {
+            let routes = crate::app::load_routes(&config)?;
             let pool = store::connect(&config.database).await?;
             let applied = store::migrate::migrate(&pool).await?;
-            store::migrate::seed(&pool, &[]).await?;
+            store::migrate::seed(&pool, routes.service_permissions()).await?;
             println!(
                 "applied {} migration(s): {}",
                 applied.len(),
@@ -81,9 +82,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Roles {
             command: RolesCommand::Create,
         } => {
+            let routes = crate::app::load_routes(&config)?;
             let pool = store::connect(&config.database).await?;
             store::migrate::migrate(&pool).await?;
-            store::migrate::seed(&pool, &[]).await?;
+            store::migrate::seed(&pool, routes.service_permissions()).await?;
             println!("built-in roles and permissions are in place");
             Ok(())
         }
