@@ -203,7 +203,7 @@ async fn load_keys(pool: &Pool, cfg: &config::Tokens) -> anyhow::Result<Keys> {
             let name = algorithm_name(alg);
             let mut keys = store::keys::list(pool, name).await?;
             if keys.is_empty() {
-                store::keys::insert(pool, name, &generate(alg)?).await?;
+                store::keys::insert_first(pool, name, &generate(alg)?).await?;
                 keys = store::keys::list(pool, name).await?;
             }
             keys

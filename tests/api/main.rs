@@ -3,5 +3,6 @@
 
 mod auth;
 mod bad_input;
+mod binary;
 mod faults;
 mod helpers;
