@@ -512,6 +512,28 @@ mod tests {
     }
 
     #[test]
+    fn ed25519_keys_load_from_a_pem_file() {
+        let key = generate(Algorithm::EdDSA).unwrap();
+        let body = STANDARD.encode(&key.private_key);
+        let pem = format!("-----BEGIN PRIVATE KEY-----\n{body}\n-----END PRIVATE KEY-----\n");
+        let path = std::env::temp_dir().join(format!("usher-key-{}.pem", Uuid::new_v4()));
+        std::fs::write(&path, pem).unwrap();
+        let loaded = ed25519_from_pem_file(&path).unwrap();
+        std::fs::write(
+            &path,
+            "-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n",
+        )
+        .unwrap();
+        assert!(ed25519_from_pem_file(&path).is_err());
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(loaded.kid, key.kid);
+        assert_eq!(loaded.public_key, key.public_key);
+        let t = tokens_with(Algorithm::EdDSA, vec![loaded], 60);
+        let (token, _) = t.issue(Uuid::new_v4(), Uuid::new_v4(), vec![], 0).unwrap();
+        assert!(t.verify(&token).is_ok());
+    }
+
+    #[test]
     fn refresh_tokens_are_long_random_and_hashed() {
         let (a, ha) = new_refresh_token().unwrap();
         let (b, _) = new_refresh_token().unwrap();
