@@ -241,3 +241,35 @@ async fn health_is_always_ok_and_ready_reports_parts() {
     assert_eq!(r["postgres"], "ok");
     assert_eq!(r["redis"], "ok");
 }
+
+#[tokio::test]
+async fn metrics_count_requests_and_report_health() {
+    let app = TestApp::spawn().await;
+    let u = app.user().await;
+    app.get("/api/v1/users/me", Some(&u.access)).await;
+    app.get("/api/v1/nothing", None).await;
+    let r = app
+        .client
+        .get(app.internal_url("/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    let text = r.text().await.unwrap();
+    for needle in [
+        "usher_http_requests_total{endpoint=\"/api/v1/auth/login\",status=\"200\"} 1",
+        "usher_http_requests_total{endpoint=\"/api/v1/users/me\",status=\"200\"} 1",
+        "usher_http_requests_total{endpoint=\"unmatched\",status=\"404\"} 1",
+        "usher_http_request_duration_seconds_count",
+        "usher_db_pool_max 4",
+        "usher_redis_up 1",
+        "usher_change_feed_up 1",
+        "usher_token_cache_hits_total",
+    ] {
+        assert!(text.contains(needle), "{needle} missing from\n{text}");
+    }
+}
