@@ -2,5 +2,9 @@
 
 mod auth;
 mod bad_input;
+mod cli;
 mod faults;
 mod helpers;
+mod roles;
+mod security;
+mod users;
