@@ -124,11 +124,11 @@ struct NewRole {
     name: String,
     #[serde(default)]
     description: String,
-    #[serde(default)]
     permissions: Vec<String>,
 }
 
-/// `POST /api/v1/roles` — `role_create`. `{name, description?, permissions}` → 201 role.
+/// `POST /api/v1/roles` — `role_create`. `{name, description?, permissions}` → 201 role
+/// (`permissions` is required, even when empty, so a forgotten field never makes an empty role).
 /// 409 `role_exists`, 422 `validation_failed` / `unknown_permission`.
 async fn create(state: &State, req: Req) -> Result<Response, ApiError> {
     authorize(state, &req, &["role_create"]).await?;

@@ -261,7 +261,9 @@ async fn change_role(
 ) -> Result<Response, ApiError> {
     let mut db = store::conn(&state.db).await?;
     let tx = db.transaction().await.map_err(store::StoreError::from)?;
-    if !store::users::lock(&tx, user).await? || !store::roles::hold(&tx, role).await? {
+    // Role before user: the order role changes take too (role, then its holders), so the two
+    // never wait on each other in a circle.
+    if !store::roles::hold(&tx, role).await? || !store::users::lock(&tx, user).await? {
         return Err(ApiError::NotFound);
     }
     let version = if add {

@@ -143,9 +143,19 @@ async fn roles_are_created_with_valid_names_and_known_permissions() {
         .await
         .unwrap();
     assert_eq!(fetched, role);
-    // description and permissions may be left out
+    // the description may be left out, the permissions may not
     let r = app
         .post("/api/v1/roles", Some(&root.access), json!({"name": "bare"}))
+        .await;
+    assert_eq!(r.status(), 422);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["errors"][0]["field"], "permissions");
+    let r = app
+        .post(
+            "/api/v1/roles",
+            Some(&root.access),
+            json!({"name": "bare", "permissions": []}),
+        )
         .await;
     assert_eq!(r.status(), StatusCode::CREATED);
     let bare: Value = r.json().await.unwrap();
@@ -154,14 +164,22 @@ async fn roles_are_created_with_valid_names_and_known_permissions() {
 
     for name in ["film-critic_2", "superuser"] {
         let r = app
-            .post("/api/v1/roles", Some(&root.access), json!({"name": name}))
+            .post(
+                "/api/v1/roles",
+                Some(&root.access),
+                json!({"name": name, "permissions": []}),
+            )
             .await;
         assert_eq!(problem(r).await, (409, "role_exists".into()), "{name}");
     }
     let long = "x".repeat(65);
     for name in ["", "Editor", "film critic", "é", long.as_str()] {
         let r = app
-            .post("/api/v1/roles", Some(&root.access), json!({"name": name}))
+            .post(
+                "/api/v1/roles",
+                Some(&root.access),
+                json!({"name": name, "permissions": []}),
+            )
             .await;
         assert_eq!(r.status(), 422, "{name:?}");
         let body: Value = r.json().await.unwrap();
@@ -192,7 +210,7 @@ async fn roles_are_created_with_valid_names_and_known_permissions() {
         .post(
             "/api/v1/roles",
             Some(&root.access),
-            json!({"name": "ghostly"}),
+            json!({"name": "ghostly", "permissions": []}),
         )
         .await;
     assert_eq!(r.status(), StatusCode::CREATED);
@@ -202,7 +220,7 @@ async fn roles_are_created_with_valid_names_and_known_permissions() {
         .post(
             "/api/v1/roles",
             Some(&plain.access),
-            json!({"name": "mine"}),
+            json!({"name": "mine", "permissions": []}),
         )
         .await;
     assert_eq!(problem(r).await, (403, "forbidden".into()));
