@@ -4,5 +4,9 @@
 mod auth;
 mod bad_input;
 mod binary;
+mod cli;
 mod faults;
 mod helpers;
+mod roles;
+mod security;
+mod users;
