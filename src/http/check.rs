@@ -143,7 +143,11 @@ pub async fn check<B>(state: &State, req: &Request<B>) -> Response {
         Ok(allow) => allowed(allow),
         Err(e) => return refuse(decision.route, e),
     };
-    tracing::debug!(route = decision.route, method = target.method, "check: allowed");
+    tracing::debug!(
+        route = decision.route,
+        method = target.method,
+        "check: allowed"
+    );
     answer
 }
 
@@ -234,7 +238,12 @@ fn allowed(allow: Allow) -> Response {
 }
 
 fn refuse(route: &str, e: ApiError) -> Response {
-    tracing::debug!(route, status = e.status().as_u16(), code = e.code(), "check: refused");
+    tracing::debug!(
+        route,
+        status = e.status().as_u16(),
+        code = e.code(),
+        "check: refused"
+    );
     e.into_response()
 }
 
@@ -287,7 +296,10 @@ mod tests {
             ("x-forwarded-host", "other.local"),
         ]);
         let t = Target::of("GET", "/auth", &h).unwrap();
-        assert_eq!((t.host, t.method, t.uri), (Some("cinema.local"), "DELETE", "/a"));
+        assert_eq!(
+            (t.host, t.method, t.uri),
+            (Some("cinema.local"), "DELETE", "/a")
+        );
     }
 
     #[test]
@@ -299,7 +311,10 @@ mod tests {
             ("x-forwarded-host", "admin.local"),
         ]);
         let t = Target::of("GET", "/auth", &h).unwrap();
-        assert_eq!((t.host, t.method, t.uri), (Some("admin.local"), "GET", "/b"));
+        assert_eq!(
+            (t.host, t.method, t.uri),
+            (Some("admin.local"), "GET", "/b")
+        );
     }
 
     #[test]
