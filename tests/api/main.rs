@@ -4,4 +4,5 @@ mod auth;
 mod bad_input;
 mod check;
 mod faults;
+mod gateway;
 mod helpers;
