@@ -43,6 +43,8 @@ pub struct State {
     pub guard: Guard,
     /// The gateway route map in force; swapped whole on reload.
     pub routes: Arc<ArcSwap<RouteMap>>,
+    /// Counters and histograms for `/metrics`.
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// Loads the route map named by the configuration; fatal at startup when it is bad.
@@ -95,6 +97,7 @@ impl Application {
             revocation,
             guard,
             routes: Arc::new(ArcSwap::from_pointee(routes)),
+            metrics: crate::metrics::Metrics::default(),
         });
         Ok(Application {
             api,

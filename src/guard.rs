@@ -5,6 +5,7 @@
 //! allocation), an expiry comparison and `Revocation::cached`. `authenticate` adds the slow
 //! path behind it: signature verification and, when memory cannot tell, Redis or PostgreSQL.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -76,6 +77,8 @@ pub enum Refused {
 /// The verified-token cache.
 pub struct Guard {
     verified: Cache<String, Arc<Principal>>,
+    hits: AtomicU64,
+    misses: AtomicU64,
 }
 
 impl Guard {
@@ -86,11 +89,37 @@ impl Guard {
                 .max_capacity(cache.tokens)
                 .time_to_live(access_ttl)
                 .build(),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
         }
+    }
+
+    /// `(answered from memory, needed more)` since start.
+    pub fn hit_counts(&self) -> (u64, u64) {
+        (
+            self.hits.load(Ordering::Relaxed),
+            self.misses.load(Ordering::Relaxed),
+        )
     }
 
     /// Memory only: `None` means the slow path must run.
     pub fn fast(
+        &self,
+        revocation: &Revocation,
+        token: &str,
+        now: i64,
+    ) -> Option<Result<Arc<Principal>, TokenError>> {
+        let answer = self.answer_from_memory(revocation, token, now);
+        let counter = if answer.is_some() {
+            &self.hits
+        } else {
+            &self.misses
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        answer
+    }
+
+    fn answer_from_memory(
         &self,
         revocation: &Revocation,
         token: &str,

@@ -15,6 +15,7 @@
 //! - `permissions` — the catalog and the roles → permissions snapshot.
 //! - `routes` — the gateway route map: parse, validate, normalise, match, reload.
 //! - `kv` — the Redis handle.
+//! - `metrics` — Prometheus counters and histograms.
 //! - `store` — PostgreSQL: pool, migrations, one file per table family.
 #![forbid(unsafe_code)]
 
@@ -25,6 +26,7 @@ pub mod feed;
 pub mod guard;
 pub mod http;
 pub mod kv;
+pub mod metrics;
 pub mod passwords;
 pub mod permissions;
 pub mod revocation;

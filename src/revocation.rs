@@ -11,7 +11,7 @@
 //! - "revoked" and "roles version ≥ n" only ever grow, so a cached one is always believed;
 //! - "not revoked" and "not stale" are believed from the cache only while the feed is up;
 //!   when it is down, every check asks Redis, or PostgreSQL when Redis cannot answer;
-//! - a fetched answer never overwrites a newer one from the feed (`or_insert`, `max`).
+//! - a fetched answer never undoes a newer one from the feed (revoked: `or`, versions: `max`).
 //!
 //! The caches are lock-free reads (moka's concurrent hash map); nothing here holds a lock
 //! across an `.await`.
@@ -118,7 +118,11 @@ impl Revocation {
         }
         let (revoked, min_rv) = self.fetch(session, user).await?;
         // Never overwrite what the feed wrote meanwhile: revoked stays revoked, versions grow.
-        let revoked = *self.sessions.entry(session).or_insert(revoked).value();
+        let revoked = *self
+            .sessions
+            .entry(session)
+            .and_upsert_with(|old| old.is_some_and(|e| *e.value()) || revoked)
+            .value();
         let min_rv = *self
             .users
             .entry(user)

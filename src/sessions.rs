@@ -108,7 +108,18 @@ pub async fn login(
     let user = found.user;
     if verdict == Verified::No {
         count_failure(state, &key).await;
-        history::record(&db, user.id, Event::LoginFailed, origin, None).await?;
+        // Recorded off the response path, so that a wrong password for a known e-mail takes
+        // the same time as an unknown e-mail.
+        let (pool, user_id, origin) = (state.db.clone(), user.id, origin.clone());
+        tokio::spawn(async move {
+            let recorded = match store::conn(&pool).await {
+                Ok(db) => history::record(&db, user_id, Event::LoginFailed, &origin, None).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = recorded {
+                tracing::warn!(error = %e, "failed login not recorded");
+            }
+        });
         return Err(ApiError::InvalidCredentials);
     }
     if user.disabled {

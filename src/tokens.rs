@@ -203,7 +203,7 @@ async fn load_keys(pool: &Pool, cfg: &config::Tokens) -> anyhow::Result<Keys> {
             let name = algorithm_name(alg);
             let mut keys = store::keys::list(pool, name).await?;
             if keys.is_empty() {
-                store::keys::insert(pool, name, &generate(alg)?).await?;
+                store::keys::insert_first(pool, name, &generate(alg)?).await?;
                 keys = store::keys::list(pool, name).await?;
             }
             keys
@@ -509,6 +509,28 @@ mod tests {
         );
         let jwks: serde_json::Value = serde_json::from_slice(&rotated.jwks()).unwrap();
         assert_eq!(jwks["keys"].as_array().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn ed25519_keys_load_from_a_pem_file() {
+        let key = generate(Algorithm::EdDSA).unwrap();
+        let body = STANDARD.encode(&key.private_key);
+        let pem = format!("-----BEGIN PRIVATE KEY-----\n{body}\n-----END PRIVATE KEY-----\n");
+        let path = std::env::temp_dir().join(format!("usher-key-{}.pem", Uuid::new_v4()));
+        std::fs::write(&path, pem).unwrap();
+        let loaded = ed25519_from_pem_file(&path).unwrap();
+        std::fs::write(
+            &path,
+            "-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n",
+        )
+        .unwrap();
+        assert!(ed25519_from_pem_file(&path).is_err());
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(loaded.kid, key.kid);
+        assert_eq!(loaded.public_key, key.public_key);
+        let t = tokens_with(Algorithm::EdDSA, vec![loaded], 60);
+        let (token, _) = t.issue(Uuid::new_v4(), Uuid::new_v4(), vec![], 0).unwrap();
+        assert!(t.verify(&token).is_ok());
     }
 
     #[test]

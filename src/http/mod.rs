@@ -111,9 +111,16 @@ async fn dispatch(
                     .unwrap_or_else(ApiError::into_response),
                 Err(e) => e.into_response(),
             };
+            let status = response.status().as_u16();
+            let latency = started.elapsed();
+            state.metrics.request(
+                &crate::metrics::endpoint_label(&path, status),
+                status,
+                latency,
+            );
             tracing::info!(
-                %method, %path, status = response.status().as_u16(),
-                latency_us = started.elapsed().as_micros() as u64, %request_id, "request"
+                %method, %path, status,
+                latency_us = latency.as_micros() as u64, %request_id, "request"
             );
             let mut response = response;
             if let Ok(v) = http::HeaderValue::from_str(&request_id) {
@@ -150,6 +157,7 @@ pub async fn internal(state: &State, req: http::Request<Incoming>) -> Response {
             response::with_type(response::full(StatusCode::OK, "ok\n"), "text/plain")
         }
         (&Method::GET, "/readyz") => ops::readyz(state).await,
+        (&Method::GET, "/metrics") => ops::metrics(state).await,
         _ => ApiError::NotFound.into_response(),
     }
 }

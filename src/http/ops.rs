@@ -56,3 +56,22 @@ pub async fn readyz(state: &State) -> Response {
     };
     with_type(full(status, body.to_string()), "application/json")
 }
+
+/// `GET /metrics`: Prometheus text.
+pub async fn metrics(state: &State) -> Response {
+    let pool = state.db.status();
+    let (cache_hits, cache_misses) = state.guard.hit_counts();
+    let health = crate::metrics::Health {
+        cache_hits,
+        cache_misses,
+        pool_size: pool.size,
+        pool_available: pool.available,
+        pool_max: pool.max_size,
+        redis_up: state.kv.ping().await,
+        feed_up: state.revocation.feed_is_up(),
+    };
+    with_type(
+        full(StatusCode::OK, state.metrics.render(&health)),
+        "text/plain; version=0.0.4",
+    )
+}

@@ -146,8 +146,10 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
         Err(e) => {
             let path = e.path().to_string();
             let inner = e.into_inner();
+            // A shape error is only a 422 when the body is JSON at all (`{} {}` is not).
+            let is_json = serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok();
             return Err(match inner.classify() {
-                serde_json::error::Category::Data => {
+                serde_json::error::Category::Data if is_json => {
                     let message = inner.to_string();
                     let field = field_of(&path, &message);
                     ApiError::Validation(vec![FieldError::new(field, strip_position(&message))])

@@ -36,3 +36,31 @@ pub async fn insert(pool: &Pool, algorithm: &str, key: &StoredKey) -> Result<()>
     .await?;
     Ok(())
 }
+
+/// Adds `key` only when there is no key of `algorithm` yet, under a lock, so that replicas
+/// starting together on an empty database end up with one key, not one each.
+pub async fn insert_first(pool: &Pool, algorithm: &str, key: &StoredKey) -> Result<()> {
+    let mut db = conn(pool).await?;
+    let tx = db.transaction().await?;
+    tx.execute("select pg_advisory_xact_lock($1)", &[&KEYS_LOCK])
+        .await?;
+    let existing: i64 = tx
+        .query_one(
+            "select count(*) from signing_keys where algorithm = $1",
+            &[&algorithm],
+        )
+        .await?
+        .get(0);
+    if existing == 0 {
+        tx.execute(
+            "insert into signing_keys (kid, algorithm, private_key, public_key)
+             values ($1, $2, $3, $4)",
+            &[&key.kid, &algorithm, &key.private_key, &key.public_key],
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+const KEYS_LOCK: i64 = 0x0075_7368_6b65; // "ushke"

@@ -11,7 +11,7 @@ use crate::permissions::{BUILTIN_PERMISSIONS, BUILTIN_ROLES, USER_ROLE_GRANTS};
 const MIGRATIONS: &[(&str, &str)] = &[("0001_init", include_str!("../../sql/0001_init.sql"))];
 
 /// Any constant; the same for every usher.
-const LOCK_KEY: i64 = 0x7573_6865_72; // "usher"
+const LOCK_KEY: i64 = 0x0075_7368_6572; // "usher"
 
 /// Applies the pending migrations; returns the versions applied now.
 pub async fn migrate(pool: &Pool) -> anyhow::Result<Vec<&'static str>> {

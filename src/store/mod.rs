@@ -125,9 +125,9 @@ async fn create_database_if_missing(pg: &tokio_postgres::Config) -> anyhow::Resu
             tracing::info!(database = %name, "created the database");
             Ok(())
         }
-        Err(e) if e.as_db_error().map(|d| d.code()) == Some(&SqlState::DUPLICATE_DATABASE) => {
-            Ok(())
-        }
+        // Another replica created it at the same moment (PostgreSQL reports that as either
+        // duplicate_database or a unique violation on pg_database).
+        Err(_) if pg.connect(NoTls).await.is_ok() => Ok(()),
         Err(e) => Err(anyhow::Error::new(e).context(format!("creating database {name}"))),
     }
 }

@@ -467,6 +467,18 @@ async fn history_records_events_newest_first_with_pages() {
     let app = TestApp::spawn().await;
     let u = app.user().await;
     app.login(&u.email, "wrong password").await;
+    // the failure is recorded off the response path; wait for it before the next event
+    let recorded = eventually(Duration::from_secs(2), || async {
+        let page: Value = app
+            .get("/api/v1/auth/history", Some(&u.access))
+            .await
+            .json()
+            .await
+            .unwrap();
+        page["total"] == 2
+    })
+    .await;
+    assert!(recorded);
     let t: Value = app
         .post(
             "/api/v1/auth/refresh",
@@ -613,4 +625,30 @@ async fn rotated_keys_keep_old_tokens_valid_and_jwks_lists_both() {
     let fresh: Value = app.login(&u.email, &u.password).await.json().await.unwrap();
     let header = jsonwebtoken::decode_header(fresh["access_token"].as_str().unwrap()).unwrap();
     assert_eq!(header.kid.unwrap(), kid);
+}
+
+#[tokio::test]
+async fn hs256_can_be_selected() {
+    let app = TestApp::spawn_with(|c| {
+        c.tokens.algorithm = usher::config::Algorithm::HS256;
+        c.tokens.hs256_secret = Some(usher::config::Secret::new(
+            "0123456789abcdef0123456789abcdef-test",
+        ));
+    })
+    .await;
+    let u = app.user().await;
+    let header = jsonwebtoken::decode_header(&u.access).unwrap();
+    assert_eq!(header.alg, jsonwebtoken::Algorithm::HS256);
+    assert_eq!(
+        app.get("/api/v1/users/me", Some(&u.access)).await.status(),
+        200
+    );
+    // nothing secret is published
+    let jwks: Value = app
+        .get("/.well-known/jwks.json", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(jwks["keys"], json!([]));
 }

@@ -1,7 +1,9 @@
 //! The integration tests: one binary, real PostgreSQL and Redis, usher over real HTTP.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod auth;
 mod bad_input;
+mod binary;
 mod check;
 mod faults;
 mod gateway;

@@ -1,0 +1,389 @@
+//! Prometheus metrics, kept with atomics: requests by endpoint and status, check decisions by
+//! outcome and route, latency histograms, cache hits and misses; pool and Redis health are read
+//! when scraped.
+//!
+//! Counters live in maps keyed by their labels. A read lock finds an existing counter (the
+//! common case, no allocation); the write lock is taken only the first time a label set is
+//! seen, and label sets are bounded (routes of the map, endpoints of the API, statuses).
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+/// Upper bounds of the latency buckets, in seconds.
+const BUCKETS: [f64; 12] = [
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.1, 0.5, 2.5,
+];
+
+/// A latency histogram.
+#[derive(Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    /// Records one observation.
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let mut cumulative = 0;
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            cumulative += self.buckets[i].load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{{labels}le=\"{bound}\"}} {cumulative}");
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{{labels}le=\"+Inf\"}} {count}");
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let trimmed = labels.trim_end_matches(',');
+        let braces = if trimmed.is_empty() {
+            String::new()
+        } else {
+            format!("{{{trimmed}}}")
+        };
+        let _ = writeln!(out, "{name}_sum{braces} {sum}");
+        let _ = writeln!(out, "{name}_count{braces} {count}");
+    }
+}
+
+/// Counters keyed by a label set.
+struct Family<K: Ord> {
+    map: RwLock<BTreeMap<K, Arc<AtomicU64>>>,
+}
+
+impl<K: Ord + Clone> Family<K> {
+    fn new() -> Self {
+        Family {
+            map: RwLock::new(BTreeMap::new()),
+        }
+    }
+
+    fn inc<Q>(&self, key: &Q)
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Ord + ?Sized + ToOwned<Owned = K>,
+    {
+        if let Ok(map) = self.map.read() {
+            if let Some(c) = map.get(key) {
+                c.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        }
+        if let Ok(mut map) = self.map.write() {
+            map.entry(key.to_owned())
+                .or_default()
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn snapshot(&self) -> Vec<(K, u64)> {
+        self.map
+            .read()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| (k.clone(), v.load(Ordering::Relaxed)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// Every outcome, in the order of their counters.
+const OUTCOMES: [Outcome; 5] = [
+    Outcome::Allow,
+    Outcome::Unauthenticated,
+    Outcome::Forbidden,
+    Outcome::BadRequest,
+    Outcome::Unavailable,
+];
+
+/// The outcome of a gateway check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Outcome {
+    /// 200.
+    Allow,
+    /// 401.
+    Unauthenticated,
+    /// 403.
+    Forbidden,
+    /// 400.
+    BadRequest,
+    /// 503.
+    Unavailable,
+}
+
+impl Outcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Allow => "allow",
+            Outcome::Unauthenticated => "unauthenticated",
+            Outcome::Forbidden => "forbidden",
+            Outcome::BadRequest => "bad_request",
+            Outcome::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// Every metric of one usher process.
+pub struct Metrics {
+    requests: Family<(String, u16)>,
+    request_latency: Histogram,
+    /// route → one counter per outcome, looked up by `&str` without allocating.
+    checks: RwLock<BTreeMap<String, Arc<[AtomicU64; OUTCOMES.len()]>>>,
+    check_latency: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            requests: Family::new(),
+            request_latency: Histogram::default(),
+            checks: RwLock::new(BTreeMap::new()),
+            check_latency: Histogram::default(),
+        }
+    }
+}
+
+/// Gauges read at scrape time: pool, Redis, token cache.
+pub struct Health {
+    /// Token checks answered from memory.
+    pub cache_hits: u64,
+    /// Token checks that verified a signature or asked Redis or PostgreSQL.
+    pub cache_misses: u64,
+    /// Connections in the pool.
+    pub pool_size: usize,
+    /// Idle connections.
+    pub pool_available: usize,
+    /// Largest pool size.
+    pub pool_max: usize,
+    /// Redis answered a PING.
+    pub redis_up: bool,
+    /// The change feed is subscribed.
+    pub feed_up: bool,
+}
+
+impl Metrics {
+    /// An API request answered.
+    pub fn request(&self, endpoint: &str, status: u16, latency: Duration) {
+        self.requests.inc(&(endpoint.to_owned(), status));
+        self.request_latency.observe(latency);
+    }
+
+    /// A gateway check decided; `route` is the route map's label.
+    pub fn check(&self, route: &str, outcome: Outcome, latency: Duration) {
+        let slot = outcome as usize;
+        let found = self.checks.read().ok().and_then(|m| m.get(route).cloned());
+        let counters = match found {
+            Some(c) => c,
+            None => match self.checks.write() {
+                Ok(mut m) => m.entry(route.to_owned()).or_default().clone(),
+                Err(_) => return,
+            },
+        };
+        counters[slot].fetch_add(1, Ordering::Relaxed);
+        self.check_latency.observe(latency);
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self, health: &Health) -> String {
+        let mut out = String::with_capacity(4096);
+        out.push_str("# HELP usher_http_requests_total API requests by endpoint and status.\n");
+        out.push_str("# TYPE usher_http_requests_total counter\n");
+        for ((endpoint, status), n) in self.requests.snapshot() {
+            let _ = writeln!(
+                out,
+                "usher_http_requests_total{{endpoint=\"{}\",status=\"{status}\"}} {n}",
+                escape(&endpoint)
+            );
+        }
+        out.push_str("# HELP usher_http_request_duration_seconds API request latency.\n");
+        out.push_str("# TYPE usher_http_request_duration_seconds histogram\n");
+        self.request_latency
+            .render(&mut out, "usher_http_request_duration_seconds", "");
+        out.push_str(
+            "# HELP usher_check_decisions_total Gateway check decisions by outcome and route.\n",
+        );
+        out.push_str("# TYPE usher_check_decisions_total counter\n");
+        if let Ok(checks) = self.checks.read() {
+            for (route, counters) in checks.iter() {
+                for outcome in OUTCOMES {
+                    let n = counters[outcome as usize].load(Ordering::Relaxed);
+                    if n > 0 {
+                        let _ = writeln!(
+                            out,
+                            "usher_check_decisions_total{{route=\"{}\",outcome=\"{}\"}} {n}",
+                            escape(route),
+                            outcome.as_str()
+                        );
+                    }
+                }
+            }
+        }
+        out.push_str("# HELP usher_check_duration_seconds Gateway check latency.\n");
+        out.push_str("# TYPE usher_check_duration_seconds histogram\n");
+        self.check_latency
+            .render(&mut out, "usher_check_duration_seconds", "");
+        let gauge = |out: &mut String, name: &str, help: &str, kind: &str, v: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+            );
+        };
+        gauge(
+            &mut out,
+            "usher_token_cache_hits_total",
+            "Checks answered from memory.",
+            "counter",
+            health.cache_hits,
+        );
+        gauge(
+            &mut out,
+            "usher_token_cache_misses_total",
+            "Checks that verified a signature or asked Redis/PostgreSQL.",
+            "counter",
+            health.cache_misses,
+        );
+        gauge(
+            &mut out,
+            "usher_db_pool_connections",
+            "PostgreSQL connections open.",
+            "gauge",
+            health.pool_size as u64,
+        );
+        gauge(
+            &mut out,
+            "usher_db_pool_idle",
+            "PostgreSQL connections idle.",
+            "gauge",
+            health.pool_available as u64,
+        );
+        gauge(
+            &mut out,
+            "usher_db_pool_max",
+            "PostgreSQL pool size limit.",
+            "gauge",
+            health.pool_max as u64,
+        );
+        gauge(
+            &mut out,
+            "usher_redis_up",
+            "Redis answers.",
+            "gauge",
+            u64::from(health.redis_up),
+        );
+        gauge(
+            &mut out,
+            "usher_change_feed_up",
+            "The change feed is subscribed.",
+            "gauge",
+            u64::from(health.feed_up),
+        );
+        out
+    }
+}
+
+fn escape(label: &str) -> String {
+    label
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The endpoint label of an API path: id segments become `{id}`, so the label set stays small.
+pub fn endpoint_label(path: &str, status: u16) -> String {
+    if status == 404 || status == 405 {
+        return "unmatched".into();
+    }
+    let mut label = String::with_capacity(path.len());
+    for segment in path.split('/').filter(|s| !s.is_empty()) {
+        label.push('/');
+        if segment.parse::<uuid::Uuid>().is_ok() {
+            label.push_str("{id}");
+        } else {
+            label.push_str(segment);
+        }
+    }
+    if label.is_empty() {
+        label.push('/');
+    }
+    label
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text() {
+        let m = Metrics::default();
+        m.request("/api/v1/auth/login", 200, Duration::from_millis(3));
+        m.request("/api/v1/auth/login", 200, Duration::from_millis(3));
+        m.check(
+            "/api/v1/films/{*rest}",
+            Outcome::Allow,
+            Duration::from_micros(80),
+        );
+        m.check(
+            "/api/v1/films/{*rest}",
+            Outcome::Allow,
+            Duration::from_micros(80),
+        );
+        m.check("default", Outcome::Forbidden, Duration::from_micros(80));
+        let text = m.render(&Health {
+            cache_hits: 5,
+            cache_misses: 1,
+            pool_size: 2,
+            pool_available: 1,
+            pool_max: 16,
+            redis_up: true,
+            feed_up: true,
+        });
+        assert!(
+            text.contains(
+                "usher_http_requests_total{endpoint=\"/api/v1/auth/login\",status=\"200\"} 2"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "usher_check_decisions_total{route=\"/api/v1/films/{*rest}\",outcome=\"allow\"} 2"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("usher_check_decisions_total{route=\"default\",outcome=\"forbidden\"} 1")
+        );
+        assert!(
+            text.contains("usher_check_duration_seconds_bucket{le=\"0.0001\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("usher_check_duration_seconds_count 3"),
+            "{text}"
+        );
+        assert!(text.contains("usher_redis_up 1"));
+    }
+
+    #[test]
+    fn id_segments_are_folded() {
+        assert_eq!(
+            endpoint_label(
+                "/api/v1/users/6f1c2b8e-8d7a-4c1e-9b1a-0c2d3e4f5a6b/roles",
+                200
+            ),
+            "/api/v1/users/{id}/roles"
+        );
+        assert_eq!(endpoint_label("/random/junk", 404), "unmatched");
+    }
+}
