@@ -16,6 +16,7 @@
 //! understands only 2xx, 401 and 403, and turns anything else into a 500.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, HOST};
@@ -26,8 +27,9 @@ use super::request::bearer;
 use super::response::{full, Response};
 use crate::app::State;
 use crate::guard::{Principal, Refused};
+use crate::metrics::Outcome;
 use crate::permissions::{Snapshot, NON_REGISTERED};
-use crate::routes::Requirement;
+use crate::routes::{Requirement, RouteMap};
 
 /// The prefix Envoy's `http_service.path_prefix` puts before the original path.
 pub const ENVOY_PREFIX: &str = "/ext_authz";
@@ -119,36 +121,57 @@ enum Allow {
     User(Arc<Principal>),
 }
 
-/// One gateway check, from the request head to the answer.
+/// One gateway check, from the request head to the answer, counted in the metrics by route
+/// and outcome.
 pub async fn check<B>(state: &State, req: &Request<B>) -> Response {
+    let started = Instant::now();
+    let routes = state.routes.load_full();
+    let (route, response) = decide(state, &routes, req).await;
+    let outcome = match response.status() {
+        StatusCode::OK => Outcome::Allow,
+        StatusCode::UNAUTHORIZED => Outcome::Unauthenticated,
+        StatusCode::BAD_REQUEST => Outcome::BadRequest,
+        StatusCode::SERVICE_UNAVAILABLE => Outcome::Unavailable,
+        _ => Outcome::Forbidden,
+    };
+    state.metrics.check(route, outcome, started.elapsed());
+    response
+}
+
+/// The route label and the answer.
+async fn decide<'r, B>(
+    state: &State,
+    routes: &'r RouteMap,
+    req: &Request<B>,
+) -> (&'r str, Response) {
     let path_and_query = req.uri().path_and_query().map_or("/", |p| p.as_str());
-    let host_from_uri = req.uri().authority().map(|a| a.as_str());
     let mut target = match Target::of(req.method().as_str(), path_and_query, req.headers()) {
         Ok(target) => target,
-        Err(Unreadable::NoOriginal) => return no_original(),
-        Err(Unreadable::Garbled) => return refuse("-", ApiError::Forbidden),
+        Err(Unreadable::NoOriginal) => return ("bad_request", no_original()),
+        Err(Unreadable::Garbled) => return ("invalid_path", refuse("-", ApiError::Forbidden)),
     };
     // HTTP/2 carries the host as `:authority`, not as a `Host` header.
-    target.host = target.host.or(host_from_uri);
+    target.host = target.host.or(req.uri().authority().map(|a| a.as_str()));
 
-    let routes = state.routes.load_full();
     let decision = match routes.decide(target.host, target.method, target.uri) {
         Ok(decision) => decision,
         Err(e) => {
             tracing::debug!(method = target.method, error = %e, "check: path refused");
-            return refuse("-", ApiError::Forbidden);
+            return ("invalid_path", ApiError::Forbidden.into_response());
         }
     };
-    let answer = match judge(state, decision.requirement, bearer(req.headers())).await {
-        Ok(allow) => allowed(allow),
-        Err(e) => return refuse(decision.route, e),
+    let response = match judge(state, decision.requirement, bearer(req.headers())).await {
+        Ok(allow) => {
+            tracing::debug!(
+                route = decision.route,
+                method = target.method,
+                "check: allowed"
+            );
+            allowed(allow)
+        }
+        Err(e) => refuse(decision.route, e),
     };
-    tracing::debug!(
-        route = decision.route,
-        method = target.method,
-        "check: allowed"
-    );
-    answer
+    (decision.route, response)
 }
 
 /// The decision for one request, given what its route needs and its bearer token, in the
@@ -183,7 +206,7 @@ async fn judge(
         Some(cached) => cached?,
         None => state
             .guard
-            .authenticate(&state.tokens, &state.revocation, token)
+            .slow(&state.tokens, &state.revocation, token)
             .await
             .map_err(|e| match e {
                 Refused::Token(t) => ApiError::Token(t),

@@ -362,6 +362,25 @@ async fn every_decision_in_every_request_shape() {
             assert_eq!(r.verdict(), (403, "forbidden".into()), "{ctx} {uri}");
         }
     }
+
+    // Every decision is counted by route and outcome.
+    let metrics = app
+        .client
+        .get(app.internal_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        r#"usher_check_decisions_total{route="/api/v1/films/{*rest}",outcome="allow"}"#,
+        r#"usher_check_decisions_total{route="/api/v1/films/{id}/stream",outcome="unauthenticated"}"#,
+        r#"usher_check_decisions_total{route="default",outcome="forbidden"}"#,
+        r#"usher_check_decisions_total{route="invalid_path",outcome="forbidden"}"#,
+    ] {
+        assert!(metrics.contains(line), "{line} in\n{metrics}");
+    }
 }
 
 #[tokio::test]
