@@ -1,5 +1,7 @@
-//! The command line: `serve`, `migrate`, `roles create`, `keys rotate`, `routes check`, `config`.
+//! The command line: `serve`, `migrate`, `roles create`, `superuser create`, `keys rotate`,
+//! `routes check`, `config`.
 
+use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -7,6 +9,9 @@ use clap::{Parser, Subcommand};
 
 use crate::app::Application;
 use crate::config::{Config, LogFormat};
+use crate::http::auth::{valid_email, valid_password};
+use crate::passwords::Passwords;
+use crate::permissions::SUPERUSER;
 use crate::routes::{Requirement, RouteMap};
 use crate::store;
 
@@ -34,6 +39,12 @@ pub enum Command {
         /// What to do with roles.
         #[command(subcommand)]
         command: RolesCommand,
+    },
+    /// Superusers.
+    Superuser {
+        /// What to do with superusers.
+        #[command(subcommand)]
+        command: SuperuserCommand,
     },
     /// Signing keys.
     Keys {
@@ -69,6 +80,20 @@ pub enum RoutesCommand {
 pub enum RolesCommand {
     /// Create the built-in roles and permissions that are missing (idempotent).
     Create,
+}
+
+/// `usher superuser ...`.
+#[derive(Debug, Subcommand)]
+pub enum SuperuserCommand {
+    /// Create a user holding `superuser`, or give an existing user that role (idempotent).
+    /// Without `--email`, asks for e-mail and password; with it, the password of a new user
+    /// comes from `USHER_SUPERUSER_PASSWORD` or else one line of stdin. An existing user keeps
+    /// their password.
+    Create {
+        /// The superuser's e-mail.
+        #[arg(long)]
+        email: Option<String>,
+    },
 }
 
 /// `usher keys ...`.
@@ -116,6 +141,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("built-in roles and permissions are in place");
             Ok(())
         }
+        Command::Superuser {
+            command: SuperuserCommand::Create { email },
+        } => superuser_create(&config, email).await,
         Command::Keys {
             command: KeysCommand::Rotate,
         } => {
@@ -171,6 +199,112 @@ fn routes_check(file: &std::path::Path, probes: &[String]) -> anyhow::Result<()>
         }
     }
     Ok(())
+}
+
+/// The variable `superuser create --email` reads the password from.
+pub const SUPERUSER_PASSWORD_VAR: &str = "USHER_SUPERUSER_PASSWORD";
+
+/// `usher superuser create`.
+async fn superuser_create(config: &Config, email: Option<String>) -> anyhow::Result<()> {
+    let interactive = email.is_none();
+    let email = match email {
+        Some(e) => e,
+        None => prompt_line("E-mail: ")?,
+    };
+    let mut errors = Vec::new();
+    let email = valid_email("email", &email, &mut errors);
+    if let Some(e) = errors.first() {
+        anyhow::bail!("invalid e-mail {email:?}: {}", e.message);
+    }
+    let routes = crate::app::load_routes(config)?;
+    let pool = store::connect(&config.database).await?;
+    store::migrate::migrate(&pool).await?;
+    store::migrate::seed(&pool, routes.service_permissions()).await?;
+    let mut db = pool.get().await.context("connecting to PostgreSQL")?;
+    let existing = store::users::credentials(&db, &email).await?;
+    // Only a new user needs a password: promoting someone never resets theirs.
+    let hash = match &existing {
+        Some(_) => None,
+        None => {
+            let password = if interactive {
+                prompt_new_password()?
+            } else {
+                password_from_env_or_stdin()?
+            };
+            let mut errors = Vec::new();
+            valid_password("password", &password, &mut errors);
+            if let Some(e) = errors.first() {
+                anyhow::bail!("invalid password: {}", e.message);
+            }
+            let passwords = Passwords::new(&config.passwords).await?;
+            Some(passwords.hash(password).await?)
+        }
+    };
+    let tx = db.transaction().await?;
+    let user = match (&existing, &hash) {
+        (Some(found), _) => found.user.clone(),
+        (None, Some(hash)) => store::users::create(&tx, &email, hash).await?,
+        (None, None) => anyhow::bail!("no password to create {email} with"),
+    };
+    let version = store::users::add_role_named(&tx, user.id, SUPERUSER).await?;
+    tx.commit().await?;
+    if let Some(rv) = version {
+        // Running replicas: the user's current tokens go stale, so a refresh shows the role.
+        if let Ok(kv) = crate::kv::Kv::new(&config.redis) {
+            let revocation = crate::revocation::Revocation::new(
+                kv,
+                pool.clone(),
+                &config.cache,
+                config.tokens.access_ttl.0,
+            );
+            revocation.roles_changed(user.id, rv).await;
+        }
+    }
+    match (existing.is_some(), version.is_some()) {
+        (false, _) => println!("created superuser {email} ({})", user.id),
+        (true, true) => println!("{email} ({}) is now a superuser", user.id),
+        (true, false) => println!("{email} ({}) already is a superuser", user.id),
+    }
+    if user.disabled {
+        eprintln!("note: the account {email} is disabled and cannot log in");
+    }
+    Ok(())
+}
+
+/// Asks for one line on the terminal (prompt on stderr).
+fn prompt_line(prompt: &str) -> anyhow::Result<String> {
+    eprint!("{prompt}");
+    std::io::stderr().flush().ok();
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .context("reading the e-mail")?;
+    Ok(line.trim().to_owned())
+}
+
+/// Asks twice for a new password without echoing it.
+fn prompt_new_password() -> anyhow::Result<String> {
+    let first = rpassword::prompt_password("Password: ").context("reading the password")?;
+    let second = rpassword::prompt_password("Repeat password: ").context("reading the password")?;
+    if first != second {
+        anyhow::bail!("the passwords do not match");
+    }
+    Ok(first)
+}
+
+/// `USHER_SUPERUSER_PASSWORD`, or else one line of stdin (its line ending dropped, spaces kept).
+fn password_from_env_or_stdin() -> anyhow::Result<String> {
+    if let Ok(password) = std::env::var(SUPERUSER_PASSWORD_VAR) {
+        return Ok(password);
+    }
+    let mut line = String::new();
+    let n = std::io::stdin()
+        .read_line(&mut line)
+        .context("reading the password from stdin")?;
+    if n == 0 {
+        anyhow::bail!("no password: set {SUPERUSER_PASSWORD_VAR} or write it as one line on stdin");
+    }
+    Ok(line.trim_end_matches(['\n', '\r']).to_owned())
 }
 
 fn init_logging(config: &Config) {

@@ -237,13 +237,100 @@ pub async fn end_all(
     origin: &Origin,
     session_for_history: Option<Uuid>,
 ) -> Result<(), ApiError> {
+    end_all_with(
+        state,
+        user,
+        Also::Nothing,
+        except,
+        event,
+        origin,
+        session_for_history,
+    )
+    .await
+}
+
+/// A change made in the same transaction that ends a user's sessions, so that a failure
+/// leaves neither half.
+#[derive(Debug)]
+pub enum Also<'a> {
+    /// Only end the sessions.
+    Nothing,
+    /// Store this new password hash.
+    Password(&'a str),
+}
+
+async fn end_all_with(
+    state: &State,
+    user: Uuid,
+    also: Also<'_>,
+    except: Option<Uuid>,
+    event: Event,
+    origin: &Origin,
+    session_for_history: Option<Uuid>,
+) -> Result<(), ApiError> {
     let mut db = store::conn(&state.db).await?;
     let tx = db.transaction().await.map_err(store::StoreError::from)?;
+    if let Also::Password(hash) = also {
+        store::users::set_password_hash(&tx, user, hash).await?;
+    }
     let ended = store::sessions::revoke_all(&tx, user, except).await?;
     history::record(&tx, user, event, origin, session_for_history).await?;
     tx.commit().await.map_err(store::StoreError::from)?;
     state.revocation.sessions_revoked(&ended).await;
     Ok(())
+}
+
+/// Changes the caller's password after checking the old one; every other session ends.
+pub async fn change_password(
+    state: &State,
+    who: &Principal,
+    old_password: String,
+    new_password: String,
+    origin: &Origin,
+) -> Result<(), ApiError> {
+    let db = store::conn(&state.db).await?;
+    let current = store::users::password_hash(&db, who.user).await?;
+    drop(db);
+    if current.is_none() {
+        return Err(ApiError::NotFound);
+    }
+    if state.passwords.verify(old_password, current).await? == Verified::No {
+        return Err(ApiError::InvalidCredentials);
+    }
+    let hash = state.passwords.hash(new_password).await?;
+    end_all_with(
+        state,
+        who.user,
+        Also::Password(&hash),
+        Some(who.session),
+        Event::PasswordChanged,
+        origin,
+        Some(who.session),
+    )
+    .await
+}
+
+/// Disables a user and ends all their sessions, in one transaction. Idempotent: an already
+/// disabled user is answered as is, with no new history entry. `None`: no such user.
+pub async fn disable(
+    state: &State,
+    user: Uuid,
+    origin: &Origin,
+    session_for_history: Option<Uuid>,
+) -> Result<Option<User>, ApiError> {
+    let mut db = store::conn(&state.db).await?;
+    let tx = db.transaction().await.map_err(store::StoreError::from)?;
+    let Some(now_disabled) = store::users::disable(&tx, user).await? else {
+        return Ok(None);
+    };
+    let ended = store::sessions::revoke_all(&tx, user, None).await?;
+    if now_disabled {
+        history::record(&tx, user, Event::Disabled, origin, session_for_history).await?;
+    }
+    let disabled = store::users::by_id(&tx, user).await?;
+    tx.commit().await.map_err(store::StoreError::from)?;
+    state.revocation.sessions_revoked(&ended).await;
+    Ok(disabled)
 }
 
 /// Ends one of the caller's sessions; someone else's is 404.

@@ -8,6 +8,7 @@ pub mod error;
 pub mod ops;
 pub mod request;
 pub mod response;
+pub mod roles;
 pub mod users;
 
 use std::convert::Infallible;
@@ -139,6 +140,10 @@ pub async fn api(state: &State, req: Req) -> Result<Response, ApiError> {
     match (&method, segments.as_slice()) {
         (_, ["api", "v1", "auth", rest @ ..]) => auth::route(state, &method, rest, req).await,
         (_, ["api", "v1", "users", rest @ ..]) => users::route(state, &method, rest, req).await,
+        (_, ["api", "v1", "roles", rest @ ..]) => roles::route(state, &method, rest, req).await,
+        (_, ["api", "v1", "permissions", rest @ ..]) => {
+            roles::route_permissions(state, &method, rest, req).await
+        }
         (&Method::GET, [".well-known", "jwks.json"]) => ops::jwks(state),
         (&Method::GET, ["openapi.json"]) => Ok(ops::openapi()),
         (&Method::GET, ["docs"]) => Ok(ops::docs()),

@@ -133,3 +133,127 @@ pub async fn roles_version(db: &impl GenericClient, id: Uuid) -> Result<Option<i
         .await?;
     Ok(db.query_opt(&stmt, &[&id]).await?.map(|r| r.get(0)))
 }
+
+/// A page of users whose e-mail contains `email` (case-insensitively; `None`: all), ordered
+/// by e-mail, and how many match in all.
+pub async fn page(
+    db: &impl GenericClient,
+    email: Option<&str>,
+    limit: i64,
+    offset: i64,
+) -> Result<(Vec<User>, i64)> {
+    // `strpos` rather than `like`: the filter is a plain substring, no wildcards to escape.
+    let sql = format!(
+        "{SELECT} where $1::text is null or strpos(lower(u.email), lower($1)) > 0
+         group by u.id order by lower(u.email), u.id limit $2 offset $3"
+    );
+    let stmt = db.prepare_cached(&sql).await?;
+    let items = db
+        .query(&stmt, &[&email, &limit, &offset])
+        .await?
+        .iter()
+        .map(User::from)
+        .collect();
+    let stmt = db
+        .prepare_cached(
+            "select count(*) from users
+             where $1::text is null or strpos(lower(email), lower($1)) > 0",
+        )
+        .await?;
+    let total = db.query_one(&stmt, &[&email]).await?.get(0);
+    Ok((items, total))
+}
+
+/// Changes a user's e-mail; `email_taken` when another user has it. False: no such user.
+pub async fn set_email(db: &impl GenericClient, id: Uuid, email: &str) -> Result<bool> {
+    let n = db
+        .execute(
+            "update users set email = $2, updated_at = now() where id = $1",
+            &[&id, &email],
+        )
+        .await?;
+    Ok(n == 1)
+}
+
+/// Disables a user. `Some(true)`: disabled now, `Some(false)`: already was, `None`: no such user.
+pub async fn disable(db: &impl GenericClient, id: Uuid) -> Result<Option<bool>> {
+    let row = db
+        .query_opt(
+            "select disabled from users where id = $1 for update",
+            &[&id],
+        )
+        .await?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    if row.get::<_, bool>(0) {
+        return Ok(Some(false));
+    }
+    db.execute(
+        "update users set disabled = true, updated_at = now() where id = $1",
+        &[&id],
+    )
+    .await?;
+    Ok(Some(true))
+}
+
+/// Whether a user exists, locking the row so their roles change one request at a time.
+pub async fn lock(db: &impl GenericClient, id: Uuid) -> Result<bool> {
+    Ok(db
+        .query_opt("select 1 from users where id = $1 for update", &[&id])
+        .await?
+        .is_some())
+}
+
+/// Bumps a user's roles version (tokens carrying an older one become stale); returns it.
+pub async fn bump_roles_version(db: &impl GenericClient, id: Uuid) -> Result<i64> {
+    let row = db
+        .query_one(
+            "update users set roles_version = roles_version + 1, roles_changed_at = now()
+             where id = $1 returning roles_version",
+            &[&id],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+/// Gives a user a role; the new roles version when it was not held yet.
+pub async fn add_role(db: &impl GenericClient, user: Uuid, role: Uuid) -> Result<Option<i64>> {
+    let n = db
+        .execute(
+            "insert into user_roles (user_id, role_id) values ($1, $2) on conflict do nothing",
+            &[&user, &role],
+        )
+        .await?;
+    if n == 0 {
+        return Ok(None);
+    }
+    Ok(Some(bump_roles_version(db, user).await?))
+}
+
+/// Takes a role from a user; the new roles version when it was held.
+pub async fn remove_role(db: &impl GenericClient, user: Uuid, role: Uuid) -> Result<Option<i64>> {
+    let n = db
+        .execute(
+            "delete from user_roles where user_id = $1 and role_id = $2",
+            &[&user, &role],
+        )
+        .await?;
+    if n == 0 {
+        return Ok(None);
+    }
+    Ok(Some(bump_roles_version(db, user).await?))
+}
+
+/// Gives a user the role named `role`; the new roles version when it was not held yet.
+pub async fn add_role_named(
+    db: &impl GenericClient,
+    user: Uuid,
+    role: &str,
+) -> Result<Option<i64>> {
+    let row = db
+        .query_opt("select id from roles where name = $1 for share", &[&role])
+        .await?
+        .ok_or_else(|| super::StoreError::Other(anyhow::anyhow!("no role named {role}")))?;
+    add_role(db, user, row.get(0)).await
+}

@@ -633,3 +633,42 @@ async fn unreachable_state_is_503_never_a_guess() {
 
     admin_sql(&format!("alter database \"{db}\" allow_connections true;")).await;
 }
+
+#[test]
+fn routes_check_explains_a_map_and_names_the_bad_line() {
+    let usher = env!("CARGO_BIN_EXE_usher");
+    let good = tempfile_path::TempFile::new(MAP);
+    let out = std::process::Command::new(usher)
+        .args(["routes", "check"])
+        .arg(&good.0)
+        .args(["--probe", "GET /api/v1/films/1/stream"])
+        .args(["--probe", "GET admin.cinema.local/x"])
+        .args(["--probe", "GET /api/v1/films/%2e%2e/%2e%2e/%2e%2e/admin/x"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("default policy: deny"), "{stdout}");
+    assert!(
+        stdout.contains("route /api/v1/films/{id}/stream -> all of: films_watch"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("route admin.cinema.local/{*rest}"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("route /admin/{*rest}"), "{stdout}");
+
+    let bad = tempfile_path::TempFile::new(&MAP.replace("\"films_watch\"]", "\"films_wacth\"]"));
+    let out = std::process::Command::new(usher)
+        .args(["routes", "check"])
+        .arg(&bad.0)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("line 16") && stderr.contains("films_wacth"),
+        "{stderr}"
+    );
+}

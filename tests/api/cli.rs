@@ -1,0 +1,174 @@
+//! `usher superuser create`, run as the real binary against the test database.
+
+use std::process::Stdio;
+
+use serde_json::{json, Value};
+use tokio::io::AsyncWriteExt;
+
+use crate::helpers::{problem, TestApp};
+use crate::users::relogin;
+
+/// Exit success, stdout, stderr.
+struct Run {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `usher superuser create --email <email>` against `app`'s database and Redis, with
+/// `stdin` on its standard input and the password variable set when `env_password` is.
+async fn superuser_create(
+    app: &TestApp,
+    email: &str,
+    stdin: &str,
+    env_password: Option<&str>,
+) -> Run {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_usher"));
+    cmd.args(["superuser", "create", "--email", email])
+        .env_remove("USHER_CONFIG")
+        .env_remove("DATABASE_URL")
+        .env_remove("REDIS_URL")
+        .env_remove("USHER_SUPERUSER_PASSWORD")
+        .env("USHER_DATABASE__URL", app.config.database.url.expose())
+        .env("USHER_REDIS__URL", app.config.redis.url.expose())
+        .env("USHER_REDIS__PREFIX", &app.config.redis.prefix)
+        .env("USHER_ROUTES__FILE", &app.config.routes.file)
+        .env("USHER_PASSWORDS__MEMORY_KIB", "1024")
+        .env("USHER_PASSWORDS__ITERATIONS", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(p) = env_password {
+        cmd.env("USHER_SUPERUSER_PASSWORD", p);
+    }
+    let mut child = cmd.spawn().expect("the usher binary should start");
+    let mut input = child.stdin.take().unwrap();
+    // The command may exit without reading (an existing user needs no password).
+    let _ = input.write_all(stdin.as_bytes()).await;
+    drop(input);
+    let out = child.wait_with_output().await.unwrap();
+    Run {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Logs in and checks the account holds `superuser` and every permission of the catalog.
+async fn assert_superuser(app: &TestApp, email: &str, password: &str) {
+    let r = app.login(email, password).await;
+    assert_eq!(r.status(), 200, "login of {email}");
+    let t: Value = r.json().await.unwrap();
+    let access = t["access_token"].as_str().unwrap();
+    let me: Value = app
+        .get("/api/v1/users/me", Some(access))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        me["roles"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("superuser")),
+        "{me}"
+    );
+    let catalog: Value = app
+        .get("/api/v1/permissions", Some(access))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let all: Vec<Value> = catalog["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].clone())
+        .collect();
+    assert!(all.contains(&json!("films_watch")));
+    assert_eq!(me["permissions"], Value::Array(all));
+    assert_eq!(app.get("/api/v1/users", Some(access)).await.status(), 200);
+}
+
+#[tokio::test]
+async fn superuser_create_reads_the_password_from_stdin_and_is_idempotent() {
+    let app = TestApp::spawn().await;
+    let run = superuser_create(&app, "root@cinema.test", "root password 1\n", None).await;
+    assert!(run.ok, "{}", run.stderr);
+    assert!(
+        run.stdout.contains("created superuser root@cinema.test"),
+        "{}",
+        run.stdout
+    );
+    assert_superuser(&app, "root@cinema.test", "root password 1").await;
+
+    let again = superuser_create(&app, "ROOT@cinema.test", "another password\n", None).await;
+    assert!(again.ok, "{}", again.stderr);
+    assert!(again.stdout.contains("already"), "{}", again.stdout);
+    // the second run changed nothing, the password included
+    assert_superuser(&app, "root@cinema.test", "root password 1").await;
+    assert_eq!(
+        app.login("root@cinema.test", "another password")
+            .await
+            .status(),
+        401
+    );
+}
+
+#[tokio::test]
+async fn superuser_create_reads_the_password_from_the_environment() {
+    let app = TestApp::spawn().await;
+    let run = superuser_create(&app, "ops@cinema.test", "", Some("from the environment")).await;
+    assert!(run.ok, "{}", run.stderr);
+    assert_superuser(&app, "ops@cinema.test", "from the environment").await;
+}
+
+#[tokio::test]
+async fn superuser_create_promotes_an_existing_user() {
+    let app = TestApp::spawn().await;
+    let u = app.user().await;
+    let run = superuser_create(&app, &u.email, "", None).await;
+    assert!(run.ok, "{}", run.stderr);
+    assert!(run.stdout.contains("is now a superuser"), "{}", run.stdout);
+    // the running usher hears of it: the old token carries old roles
+    let stale = || async {
+        let r = app.get("/api/v1/users/me", Some(&u.access)).await;
+        r.status() == 401 && problem(r).await.1 == "token_stale"
+    };
+    assert!(crate::helpers::eventually(std::time::Duration::from_secs(1), stale).await);
+    assert_superuser(&app, &u.email, &u.password).await;
+    let fresh = relogin(&app, &u).await;
+    let me: Value = app
+        .get("/api/v1/users/me", Some(&fresh.access))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["roles"], json!(["superuser", "user"]));
+}
+
+#[tokio::test]
+async fn superuser_create_refuses_bad_input_with_a_message() {
+    let app = TestApp::spawn().await;
+    let run = superuser_create(&app, "not-an-email", "long enough pw\n", None).await;
+    assert!(!run.ok);
+    assert!(run.stderr.contains("invalid e-mail"), "{}", run.stderr);
+
+    let run = superuser_create(&app, "short@cinema.test", "short\n", None).await;
+    assert!(!run.ok);
+    assert!(run.stderr.contains("invalid password"), "{}", run.stderr);
+
+    let run = superuser_create(&app, "nopass@cinema.test", "", None).await;
+    assert!(!run.ok);
+    assert!(
+        run.stderr.contains("USHER_SUPERUSER_PASSWORD"),
+        "{}",
+        run.stderr
+    );
+
+    // none of them created anyone
+    for email in ["short@cinema.test", "nopass@cinema.test"] {
+        let r = app.login(email, "long enough pw").await;
+        assert_eq!(problem(r).await, (401, "invalid_credentials".into()));
+    }
+}

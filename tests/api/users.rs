@@ -1,0 +1,528 @@
+//! `/api/v1/users/...`: list, read, change, disable, password, history, roles.
+
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use crate::helpers::{problem, Signed, TestApp};
+
+/// A fresh user holding `superuser`, with a token that carries it.
+pub async fn admin(app: &TestApp) -> Signed {
+    let u = app.user().await;
+    app.sql(&format!(
+        "insert into user_roles (user_id, role_id)
+         select '{}', id from roles where name = 'superuser'",
+        u.id
+    ))
+    .await;
+    relogin(app, &u).await
+}
+
+/// Logs `u` in again: a token with their current roles.
+pub async fn relogin(app: &TestApp, u: &Signed) -> Signed {
+    let r = app.login(&u.email, &u.password).await;
+    assert_eq!(r.status(), StatusCode::OK, "login of {}", u.email);
+    let t: Value = r.json().await.unwrap();
+    Signed {
+        access: t["access_token"].as_str().unwrap().to_owned(),
+        refresh: t["refresh_token"].as_str().unwrap().to_owned(),
+        ..u.clone()
+    }
+}
+
+/// The id of the role named `name`.
+pub async fn role_id(app: &TestApp, token: &str, name: &str) -> String {
+    let roles: Value = app
+        .get("/api/v1/roles", Some(token))
+        .await
+        .json()
+        .await
+        .unwrap();
+    roles["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == name)
+        .unwrap_or_else(|| panic!("no role {name}"))["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// The `roles` claim of an access token.
+pub fn token_roles(access: &str) -> Value {
+    use base64::Engine;
+    let payload = access.split('.').nth(1).unwrap();
+    let claims: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap();
+    claims["roles"].clone()
+}
+
+pub async fn patch(app: &TestApp, path: &str, token: &str, body: Value) -> reqwest::Response {
+    app.request(Method::PATCH, path, Some(token), Some(body))
+        .await
+}
+
+pub async fn put(app: &TestApp, path: &str, token: &str) -> reqwest::Response {
+    app.request(Method::PUT, path, Some(token), None).await
+}
+
+pub async fn delete(app: &TestApp, path: &str, token: &str) -> reqwest::Response {
+    app.request(Method::DELETE, path, Some(token), None).await
+}
+
+#[tokio::test]
+async fn users_are_listed_by_email_with_pages_and_a_filter() {
+    let app = TestApp::spawn().await;
+    let root = admin(&app).await;
+    for email in ["carol@other.test", "Bob@films.test", "alice@films.test"] {
+        app.register(email, "long enough").await;
+    }
+    let page: Value = app
+        .get("/api/v1/users?email=FILMS", Some(&root.access))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let emails: Vec<&str> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["email"].as_str().unwrap())
+        .collect();
+    assert_eq!(emails, ["alice@films.test", "Bob@films.test"]);
+    assert_eq!(page["total"], 2);
+    assert_eq!(page["page"], 1);
+    assert_eq!(page["per_page"], 20);
+    assert_eq!(page["items"][0]["roles"], json!(["user"]));
+    assert_eq!(page["items"][0]["disabled"], false);
+
+    let second: Value = app
+        .get(
+            "/api/v1/users?email=films&page=2&per_page=1",
+            Some(&root.access),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(second["items"][0]["email"], "Bob@films.test");
+    assert_eq!(second["items"].as_array().unwrap().len(), 1);
+    assert_eq!(second["total"], 2);
+
+    let all: Value = app
+        .get("/api/v1/users", Some(&root.access))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(all["total"], 4);
+    // a filter with LIKE wildcards is a plain substring
+    let none: Value = app
+        .get("/api/v1/users?email=%25", Some(&root.access))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(none["total"], 0);
+
+    for bad in ["per_page=101", "per_page=0", "page=0", "page=x"] {
+        let r = app
+            .get(&format!("/api/v1/users?{bad}"), Some(&root.access))
+            .await;
+        assert_eq!(problem(r).await, (422, "validation_failed".into()), "{bad}");
+    }
+    let plain = app.user().await;
+    let r = app.get("/api/v1/users", Some(&plain.access)).await;
+    assert_eq!(problem(r).await, (403, "forbidden".into()));
+    let r = app.get("/api/v1/users", None).await;
+    assert_eq!(problem(r).await, (401, "unauthorized".into()));
+}
+
+#[tokio::test]
+async fn a_user_is_read_by_themselves_or_a_holder_of_user_all_read() {
+    let app = TestApp::spawn().await;
+    let root = admin(&app).await;
+    let u = app.user().await;
+    let other = app.user().await;
+    let path = format!("/api/v1/users/{}", u.id);
+    let me: Value = app.get(&path, Some(&u.access)).await.json().await.unwrap();
+    assert_eq!(me["email"], u.email.as_str());
+    assert_eq!(me["roles"], json!(["user"]));
+    let by_root = app.get(&path, Some(&root.access)).await;
+    assert_eq!(by_root.status(), StatusCode::OK);
+    let r = app.get(&path, Some(&other.access)).await;
+    assert_eq!(problem(r).await, (403, "forbidden".into()));
+    let r = app.get(&path, None).await;
+    assert_eq!(problem(r).await, (401, "unauthorized".into()));
+
+    let unknown = format!("/api/v1/users/{}", uuid::Uuid::new_v4());
+    assert_eq!(
+        problem(app.get(&unknown, Some(&root.access)).await).await,
+        (404, "not_found".into())
+    );
+    for bad in ["not-a-uuid", "1", "%00", "me%20"] {
+        let path = format!("/api/v1/users/{bad}");
+        for token in [&root.access, &u.access] {
+            assert_eq!(
+                problem(app.get(&path, Some(token)).await).await,
+                (404, "not_found".into()),
+                "{path}"
+            );
+        }
+    }
+    // `/users/me` answers with the effective permissions
+    let me: Value = app
+        .get("/api/v1/users/me", Some(&u.access))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(me["permissions"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("user_self_read")));
+}
+
+#[tokio::test]
+async fn emails_are_changed_by_their_owner_or_a_holder_of_user_all_update() {
+    let app = TestApp::spawn().await;
+    let root = admin(&app).await;
+    let u = app.user().await;
+    let other = app.user().await;
+
+    let r = patch(
+        &app,
+        "/api/v1/users/me",
+        &u.access,
+        json!({"email": " New@Cinema.test "}),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["email"], "New@Cinema.test");
+    assert_eq!(body["id"], u.id.as_str());
+    // the new e-mail logs in, the old one does not
+    assert_eq!(
+        app.login("new@cinema.test", &u.password).await.status(),
+        200
+    );
+    assert_eq!(app.login(&u.email, &u.password).await.status(), 401);
+
+    let own = format!("/api/v1/users/{}", u.id);
+    let r = patch(&app, &own, &u.access, json!({"email": "newer@cinema.test"})).await;
+    assert_eq!(r.status(), StatusCode::OK);
+
+    let r = patch(
+        &app,
+        &own,
+        &u.access,
+        json!({"email": other.email.to_uppercase()}),
+    )
+    .await;
+    assert_eq!(problem(r).await, (409, "email_taken".into()));
+    for body in [
+        json!({"email": "nope"}),
+        json!({"email": 5}),
+        json!({}),
+        json!({"email": "a@b.test", "roles": ["superuser"]}),
+    ] {
+        let r = patch(&app, &own, &u.access, body.clone()).await;
+        assert_eq!(r.status(), 422, "{body}");
+    }
+
+    let theirs = format!("/api/v1/users/{}", other.id);
+    let r = patch(&app, &theirs, &u.access, json!({"email": "x@cinema.test"})).await;
+    assert_eq!(problem(r).await, (403, "forbidden".into()));
+    let r = patch(
+        &app,
+        &theirs,
+        &root.access,
+        json!({"email": "renamed@cinema.test"}),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let unknown = format!("/api/v1/users/{}", uuid::Uuid::new_v4());
+    let r = patch(
+        &app,
+        &unknown,
+        &root.access,
+        json!({"email": "y@cinema.test"}),
+    )
+    .await;
+    assert_eq!(problem(r).await, (404, "not_found".into()));
+}
+
+#[tokio::test]
+async fn a_password_change_checks_the_old_one_and_ends_every_other_session() {
+    let app = TestApp::spawn().await;
+    let u = app.user().await;
+    let elsewhere = relogin(&app, &u).await;
+    let path = "/api/v1/users/me/password";
+
+    let r = app
+        .post(
+            path,
+            Some(&u.access),
+            json!({"old_password": "wrong password", "new_password": "brand new secret"}),
+        )
+        .await;
+    assert_eq!(problem(r).await, (401, "invalid_credentials".into()));
+    let r = app
+        .post(
+            path,
+            Some(&u.access),
+            json!({"old_password": u.password, "new_password": "short"}),
+        )
+        .await;
+    assert_eq!(r.status(), 422);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["errors"][0]["field"], "new_password");
+    let r = app
+        .post(
+            path,
+            Some(&u.access),
+            json!({"new_password": "brand new secret"}),
+        )
+        .await;
+    assert_eq!(r.status(), 422);
+    let r = app
+        .post(
+            path,
+            None,
+            json!({"old_password": u.password, "new_password": "brand new secret"}),
+        )
+        .await;
+    assert_eq!(problem(r).await, (401, "unauthorized".into()));
+
+    let r = app
+        .post(
+            path,
+            Some(&u.access),
+            json!({"old_password": u.password, "new_password": "brand new secret"}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    // this session lives on, the other one ended
+    assert_eq!(
+        app.get("/api/v1/users/me", Some(&u.access)).await.status(),
+        200
+    );
+    let r = app.get("/api/v1/users/me", Some(&elsewhere.access)).await;
+    assert_eq!(problem(r).await, (401, "token_revoked".into()));
+    let r = app
+        .post(
+            "/api/v1/auth/refresh",
+            None,
+            json!({"refresh_token": elsewhere.refresh}),
+        )
+        .await;
+    assert_eq!(r.status(), 401);
+    assert_eq!(app.login(&u.email, &u.password).await.status(), 401);
+    assert_eq!(app.login(&u.email, "brand new secret").await.status(), 200);
+    let history: Value = app
+        .get("/api/v1/auth/history", Some(&u.access))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(history["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["event"] == "password_changed"));
+}
+
+#[tokio::test]
+async fn disabling_a_user_ends_their_sessions_and_is_idempotent() {
+    let app = TestApp::spawn().await;
+    let root = admin(&app).await;
+    let u = app.user().await;
+    let v = app.user().await;
+
+    // a plain user disables their own account
+    let own = format!("/api/v1/users/{}", u.id);
+    let r = delete(&app, &own, &u.access).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["disabled"], true);
+    assert_eq!(body["id"], u.id.as_str());
+    let r = app.get("/api/v1/users/me", Some(&u.access)).await;
+    assert_eq!(problem(r).await, (401, "token_revoked".into()));
+    let r = app.login(&u.email, &u.password).await;
+    assert_eq!(problem(r).await, (403, "account_disabled".into()));
+    let r = app
+        .post(
+            "/api/v1/auth/refresh",
+            None,
+            json!({"refresh_token": u.refresh}),
+        )
+        .await;
+    assert_eq!(r.status(), 401);
+
+    // an administrator disables someone else, twice
+    let theirs = format!("/api/v1/users/{}", v.id);
+    for _ in 0..2 {
+        let r = delete(&app, &theirs, &root.access).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["disabled"], true);
+    }
+    let r = app.get("/api/v1/users/me", Some(&v.access)).await;
+    assert_eq!(problem(r).await, (401, "token_revoked".into()));
+    let history: Value = app
+        .get(&format!("{theirs}/history"), Some(&root.access))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let disabled = history["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["event"] == "disabled")
+        .count();
+    assert_eq!(disabled, 1, "{history}");
+
+    let unknown = format!("/api/v1/users/{}", uuid::Uuid::new_v4());
+    let r = delete(&app, &unknown, &root.access).await;
+    assert_eq!(problem(r).await, (404, "not_found".into()));
+}
+
+#[tokio::test]
+async fn history_of_a_user_is_read_by_themselves_or_an_administrator() {
+    let app = TestApp::spawn().await;
+    let root = admin(&app).await;
+    let u = app.user().await;
+    let path = format!("/api/v1/users/{}/history", u.id);
+    for token in [&u.access, &root.access] {
+        let r = app.get(&path, Some(token)).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        let page: Value = r.json().await.unwrap();
+        assert_eq!(page["items"][0]["event"], "login");
+        assert_eq!(page["total"], 1);
+    }
+    let r = app
+        .get(&format!("{path}?per_page=500"), Some(&u.access))
+        .await;
+    assert_eq!(r.status(), 422);
+    let unknown = format!("/api/v1/users/{}/history", uuid::Uuid::new_v4());
+    let r = app.get(&unknown, Some(&root.access)).await;
+    assert_eq!(problem(r).await, (404, "not_found".into()));
+    let r = app
+        .get("/api/v1/users/zzz/history", Some(&root.access))
+        .await;
+    assert_eq!(problem(r).await, (404, "not_found".into()));
+}
+
+#[tokio::test]
+async fn roles_are_assigned_and_removed_idempotently() {
+    let app = TestApp::spawn().await;
+    let root = admin(&app).await;
+    let u = app.user().await;
+    let editor: Value = app
+        .post(
+            "/api/v1/roles",
+            Some(&root.access),
+            json!({"name": "editor", "permissions": ["films_manage"]}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let editor_id = editor["id"].as_str().unwrap();
+    let roles_path = format!("/api/v1/users/{}/roles", u.id);
+    let one = format!("{roles_path}/{editor_id}");
+
+    let roles: Value = app
+        .get(&roles_path, Some(&u.access))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(roles["items"].as_array().unwrap().len(), 1);
+    assert_eq!(roles["items"][0]["name"], "user");
+    assert_eq!(roles["items"][0]["builtin"], true);
+    assert!(roles["items"][0]["permissions"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("user_self_read")));
+
+    for _ in 0..2 {
+        assert_eq!(put(&app, &one, &root.access).await.status(), 204);
+    }
+    // the user's token carries old roles now: refresh for the new ones
+    let r = app.get("/api/v1/users/me", Some(&u.access)).await;
+    assert_eq!(problem(r).await, (401, "token_stale".into()));
+    let t: Value = app
+        .post(
+            "/api/v1/auth/refresh",
+            None,
+            json!({"refresh_token": u.refresh}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let access = t["access_token"].as_str().unwrap();
+    assert_eq!(token_roles(access), json!(["editor", "user"]));
+    let me: Value = app
+        .get("/api/v1/users/me", Some(access))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["roles"], json!(["editor", "user"]));
+    assert!(me["permissions"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("films_manage")));
+    let names: Vec<Value> = app
+        .get(&roles_path, Some(&root.access))
+        .await
+        .json::<Value>()
+        .await
+        .unwrap()["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].clone())
+        .collect();
+    assert_eq!(names, [json!("editor"), json!("user")]);
+
+    for _ in 0..2 {
+        assert_eq!(delete(&app, &one, &root.access).await.status(), 204);
+    }
+    let r = app.get("/api/v1/users/me", Some(access)).await;
+    assert_eq!(problem(r).await, (401, "token_stale".into()));
+
+    let ghost_role = format!("{roles_path}/{}", uuid::Uuid::new_v4());
+    let ghost_user = format!("/api/v1/users/{}/roles/{editor_id}", uuid::Uuid::new_v4());
+    for path in [
+        ghost_role.as_str(),
+        ghost_user.as_str(),
+        &format!("{roles_path}/not-a-uuid"),
+        &format!("/api/v1/users/x/roles/{editor_id}"),
+    ] {
+        assert_eq!(
+            problem(put(&app, path, &root.access).await).await,
+            (404, "not_found".into()),
+            "PUT {path}"
+        );
+        assert_eq!(
+            problem(delete(&app, path, &root.access).await).await,
+            (404, "not_found".into()),
+            "DELETE {path}"
+        );
+    }
+    let unknown = format!("/api/v1/users/{}/roles", uuid::Uuid::new_v4());
+    let r = app.get(&unknown, Some(&root.access)).await;
+    assert_eq!(problem(r).await, (404, "not_found".into()));
+    let r = app
+        .request(Method::POST, &one, Some(&root.access), None)
+        .await;
+    assert_eq!(problem(r).await, (405, "method_not_allowed".into()));
+}
