@@ -1,5 +1,5 @@
 //! The command line: `serve`, `migrate`, `roles create`, `superuser create`, `keys rotate`,
-//! `config`.
+//! `routes check`, `config`.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -12,6 +12,7 @@ use crate::config::{Config, LogFormat};
 use crate::http::auth::{valid_email, valid_password};
 use crate::passwords::Passwords;
 use crate::permissions::SUPERUSER;
+use crate::routes::{Requirement, RouteMap};
 use crate::store;
 
 /// usher: authentication, authorization and the gateway check of the cinema.
@@ -51,8 +52,27 @@ pub enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// The gateway route map.
+    Routes {
+        /// What to do with the route map.
+        #[command(subcommand)]
+        command: RoutesCommand,
+    },
     /// Print the effective configuration, secrets masked.
     Config,
+}
+
+/// `usher routes ...`.
+#[derive(Debug, Subcommand)]
+pub enum RoutesCommand {
+    /// Validate a route map and print what it holds; exits non-zero naming the faulty line.
+    Check {
+        /// The route map file (TOML).
+        file: PathBuf,
+        /// A request to judge, as "METHOD /path?query" or "METHOD host/path"; repeatable.
+        #[arg(long, value_name = "REQUEST")]
+        probe: Vec<String>,
+    },
 }
 
 /// `usher roles ...`.
@@ -85,6 +105,13 @@ pub enum KeysCommand {
 
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    // Needs no configuration, database or Redis: an operator checks a file before deploying it.
+    if let Command::Routes {
+        command: RoutesCommand::Check { file, probe },
+    } = &cli.command
+    {
+        return routes_check(file, probe);
+    }
     let config = Config::load(cli.config.as_deref()).context("invalid configuration")?;
     init_logging(&config);
     match cli.command {
@@ -134,11 +161,44 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("new signing key {kid}");
             Ok(())
         }
+        Command::Routes { .. } => Ok(()),
         Command::Config => {
             print!("{}", toml::to_string(&config.masked())?);
             Ok(())
         }
     }
+}
+
+/// `usher routes check FILE [--probe REQUEST]...`.
+fn routes_check(file: &std::path::Path, probes: &[String]) -> anyhow::Result<()> {
+    let map = RouteMap::load(file, &crate::permissions::builtin_names())?;
+    println!("{}: valid", file.display());
+    print!("{}", map.explain());
+    for probe in probes {
+        let (method, target) = probe
+            .trim()
+            .split_once(char::is_whitespace)
+            .map(|(m, t)| (m, t.trim()))
+            .with_context(|| format!("probe {probe:?}: expected \"METHOD /path\""))?;
+        let (host, path) = match target.find('/') {
+            Some(0) => (None, target),
+            Some(at) => (Some(&target[..at]), &target[at..]),
+            None => anyhow::bail!("probe {probe:?}: the path must start with '/'"),
+        };
+        match map.decide(host, method, path) {
+            Ok(d) => {
+                let needs = match d.requirement {
+                    Requirement::Public => "allow (public)".to_owned(),
+                    Requirement::Deny => "deny (403)".to_owned(),
+                    Requirement::Authenticated => "any signed-in user".to_owned(),
+                    Requirement::Permissions(p) => format!("all of: {}", p.join(", ")),
+                };
+                println!("probe {method} {target}: route {} -> {needs}", d.route);
+            }
+            Err(e) => println!("probe {method} {target}: refused (403): {e}"),
+        }
+    }
+    Ok(())
 }
 
 /// The variable `superuser create --email` reads the password from.

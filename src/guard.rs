@@ -148,6 +148,17 @@ impl Guard {
         if let Some(answer) = self.fast(revocation, token, now) {
             return answer.map_err(Refused::Token);
         }
+        self.slow(tokens, revocation, token).await
+    }
+
+    /// What `authenticate` does after `fast` returned `None`: verify the signature (once per
+    /// token) and ask Redis or PostgreSQL what memory could not tell.
+    pub async fn slow(
+        &self,
+        tokens: &Tokens,
+        revocation: &Revocation,
+        token: &str,
+    ) -> Result<Arc<Principal>, Refused> {
         let principal = match self.verified.get(token) {
             Some(p) => p,
             None => {

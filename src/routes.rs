@@ -86,7 +86,8 @@ pub struct Decision<'a> {
     pub requirement: Requirement<'a>,
 }
 
-/// A request path that cannot be judged safely; the check endpoint answers 400.
+/// A request path that cannot be judged safely; the check endpoint answers 403 (NGINX's
+/// `auth_request` understands only 2xx, 401 and 403).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PathError {
     /// The path does not start with `/` (an absolute-form or `*` target).

@@ -3,6 +3,7 @@
 //! without a socket.
 
 pub mod auth;
+pub mod check;
 pub mod error;
 pub mod ops;
 pub mod request;
@@ -150,8 +151,12 @@ pub async fn api(state: &State, req: Req) -> Result<Response, ApiError> {
     }
 }
 
-/// The internal listener's routes.
+/// The internal listener's routes. The gateway checks come first: they are nearly all of
+/// this listener's traffic. Bodies are never read here.
 pub async fn internal(state: &State, req: http::Request<Incoming>) -> Response {
+    if check::is_check(req.uri().path()) {
+        return check::check(state, &req).await;
+    }
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => {
             response::with_type(response::full(StatusCode::OK, "ok\n"), "text/plain")

@@ -4,8 +4,10 @@
 mod auth;
 mod bad_input;
 mod binary;
+mod check;
 mod cli;
 mod faults;
+mod gateway;
 mod helpers;
 mod roles;
 mod security;
