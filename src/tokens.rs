@@ -74,7 +74,17 @@ impl Tokens {
     /// Loads the keys: the PEM file or HS256 secret when configured, otherwise the keys kept
     /// in PostgreSQL (generating the first one when there is none).
     pub async fn load(pool: &Pool, cfg: &config::Tokens) -> anyhow::Result<Tokens> {
-        let keys = load_keys(pool, cfg).await?;
+        Ok(Tokens::with_keys(cfg, load_keys(pool, cfg).await?))
+    }
+
+    /// Tokens signed with a fresh key kept only in memory: for benchmarks and tools that
+    /// need no database.
+    pub fn ephemeral(cfg: &config::Tokens) -> anyhow::Result<Tokens> {
+        let keys = build_keys(cfg.algorithm, vec![generate(cfg.algorithm)?])?;
+        Ok(Tokens::with_keys(cfg, keys))
+    }
+
+    fn with_keys(cfg: &config::Tokens, keys: Keys) -> Tokens {
         let alg = jwt_alg(cfg.algorithm);
         let mut validation = Validation::new(alg);
         validation.algorithms = vec![alg];
@@ -82,13 +92,13 @@ impl Tokens {
         validation.validate_nbf = true;
         validation.set_issuer(&[cfg.issuer.as_str()]);
         validation.set_required_spec_claims(&["exp", "nbf", "iss", "sub"]);
-        Ok(Tokens {
+        Tokens {
             algorithm: cfg.algorithm,
             issuer: cfg.issuer.clone(),
             access_ttl: cfg.access_ttl.0.as_secs() as i64,
             keys: ArcSwap::from_pointee(keys),
             validation,
-        })
+        }
     }
 
     /// Rereads the keys (after `usher keys rotate` on any replica).
@@ -338,20 +348,13 @@ pub fn hash_refresh_token(token: &str) -> Vec<u8> {
 mod tests {
     use super::*;
 
-    fn tokens_with(alg: Algorithm, keys: Vec<StoredKey>, ttl: i64) -> Tokens {
-        let mut validation = Validation::new(jwt_alg(alg));
-        validation.algorithms = vec![jwt_alg(alg)];
-        validation.leeway = 0;
-        validation.validate_nbf = true;
-        validation.set_issuer(&["usher"]);
-        validation.set_required_spec_claims(&["exp", "nbf", "iss", "sub"]);
-        Tokens {
+    fn tokens_with(alg: Algorithm, keys: Vec<StoredKey>, ttl: u64) -> Tokens {
+        let cfg = config::Tokens {
             algorithm: alg,
-            issuer: "usher".into(),
-            access_ttl: ttl,
-            keys: ArcSwap::from_pointee(build_keys(alg, keys).unwrap()),
-            validation,
-        }
+            access_ttl: config::Dur::secs(ttl),
+            ..config::Tokens::default()
+        };
+        Tokens::with_keys(&cfg, build_keys(alg, keys).unwrap())
     }
 
     fn ed() -> Tokens {
