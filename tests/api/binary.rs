@@ -3,7 +3,7 @@
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use crate::helpers::{admin_url, eventually, free_port, test_config, TestApp};
+use crate::helpers::{database_name, drop_database, eventually, free_port, test_config, TestApp};
 
 fn usher(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_usher"));
@@ -108,15 +108,7 @@ async fn migrate_and_roles_create_are_idempotent_and_create_the_database() {
         "the route map's service permissions are in the catalog"
     );
     drop(client);
-    let name = url.rsplit('/').next().unwrap();
-    let (admin, conn) = tokio_postgres::connect(&admin_url(), tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    admin
-        .batch_execute(&format!("drop database \"{name}\" with (force)"))
-        .await
-        .unwrap();
+    drop_database(&database_name(&config)).await;
 }
 
 #[tokio::test]
@@ -140,22 +132,7 @@ async fn replicas_starting_together_migrate_once() {
         .get(0);
     assert_eq!(keys, 1, "one signing key, not one per replica");
     drop((db, a, b));
-    let name = config
-        .database
-        .url
-        .expose()
-        .rsplit('/')
-        .next()
-        .unwrap()
-        .to_owned();
-    let (admin, conn) = tokio_postgres::connect(&admin_url(), tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    admin
-        .batch_execute(&format!("drop database \"{name}\" with (force)"))
-        .await
-        .unwrap();
+    drop_database(&database_name(&config)).await;
 }
 
 #[tokio::test]
@@ -238,20 +215,5 @@ async fn sigterm_stops_serving_and_exits_zero() {
         .send()
         .await
         .is_err());
-    let name = config
-        .database
-        .url
-        .expose()
-        .rsplit('/')
-        .next()
-        .unwrap()
-        .to_owned();
-    let (admin, conn) = tokio_postgres::connect(&admin_url(), tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    admin
-        .batch_execute(&format!("drop database \"{name}\" with (force)"))
-        .await
-        .unwrap();
+    drop_database(&database_name(&config)).await;
 }

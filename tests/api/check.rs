@@ -9,7 +9,7 @@ use std::time::Duration;
 use usher::config::Dur;
 use usher::routes::RouteMap;
 
-use crate::helpers::{admin_url, eventually, RedisServer, Signed, TestApp};
+use crate::helpers::{eventually, PostgresOutage, RedisServer, Signed, TestApp};
 
 /// Covers public, require, `require = []`, a host route, and a strict route that traversal
 /// attempts from the permissive film routes must end up on.
@@ -538,15 +538,6 @@ async fn tokens_with_old_roles_are_401_token_stale() {
     }
 }
 
-/// Runs SQL as the PostgreSQL superuser.
-async fn admin_sql(statement: &str) {
-    let (client, conn) = tokio_postgres::connect(&admin_url(), tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    client.batch_execute(statement).await.unwrap();
-}
-
 #[tokio::test]
 async fn unreachable_state_is_503_never_a_guess() {
     let redis = RedisServer::start();
@@ -573,21 +564,7 @@ async fn unreachable_state_is_503_never_a_guess() {
     assert_eq!(r.verdict(), (200, String::new()));
 
     // PostgreSQL down: the cached token and one whose state Redis holds keep working.
-    let db = app
-        .config
-        .database
-        .url
-        .expose()
-        .rsplit('/')
-        .next()
-        .unwrap()
-        .to_owned();
-    admin_sql(&format!(
-        "alter database \"{db}\" allow_connections false; \
-         select pg_terminate_backend(pid) from pg_stat_activity \
-         where datname = '{db}' and pid <> pg_backend_pid();"
-    ))
-    .await;
+    let outage = PostgresOutage::start(&app).await;
     for (who, shape) in [(&seen, Shape::Nginx), (&in_redis, Shape::Traefik)] {
         let r = ask(
             &app,
@@ -631,7 +608,7 @@ async fn unreachable_state_is_503_never_a_guess() {
         assert_eq!(r.verdict(), (401, "invalid_token".into()), "{shape:?}");
     }
 
-    admin_sql(&format!("alter database \"{db}\" allow_connections true;")).await;
+    outage.end().await;
 }
 
 #[test]

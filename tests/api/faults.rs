@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::helpers::{admin_url, eventually, problem, RedisServer, TestApp};
+use crate::helpers::{eventually, problem, PostgresOutage, RedisServer, TestApp};
 
 fn redis_keys(port: u16, pattern: &str) -> Vec<String> {
     let client = redis::Client::open(format!("redis://127.0.0.1:{port}/0")).unwrap();
@@ -125,47 +125,6 @@ async fn a_wiped_redis_is_rebuilt_from_postgres() {
             .1,
         "token_revoked"
     );
-}
-
-/// Makes the test database refuse connections and cuts the open ones; undone on drop.
-struct PostgresOutage {
-    name: String,
-}
-
-impl PostgresOutage {
-    async fn start(app: &TestApp) -> PostgresOutage {
-        let name = app
-            .config
-            .database
-            .url
-            .expose()
-            .rsplit('/')
-            .next()
-            .unwrap()
-            .to_owned();
-        admin(&format!(
-            "alter database \"{name}\" allow_connections false;
-             select pg_terminate_backend(pid) from pg_stat_activity where datname = '{name}';"
-        ))
-        .await;
-        PostgresOutage { name }
-    }
-
-    async fn end(self) {
-        admin(&format!(
-            "alter database \"{}\" allow_connections true",
-            self.name
-        ))
-        .await;
-    }
-}
-
-async fn admin(sql: &str) {
-    let (client, conn) = tokio_postgres::connect(&admin_url(), tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    client.batch_execute(sql).await.unwrap();
 }
 
 #[tokio::test]
