@@ -4,7 +4,7 @@
 #
 #   bash benches/load.sh            # DURATION=10s CONNECTIONS=64 THREADS=1 RATE=5000 by default
 #
-# Needs wrk (Debian package), PostgreSQL and Redis as for `usher serve`, python3 and psql.
+# Needs wrk (Debian package), PostgreSQL and Redis as for `usher serve`, curl, python3 and psql.
 # 1. throughput: wrk at full speed against the bare server, then against usher's /ext_authz
 #    with a valid token (warm cache);
 # 2. latency at a fixed rate: wrk paced to RATE requests/s (a delay per request), with --latency.
@@ -56,13 +56,9 @@ wait_http "http://$BARE/"
 email="bench-$$@cinema.example"
 curl -fs "http://$API/api/v1/auth/register" -H 'content-type: application/json' \
     -d "{\"email\":\"$email\",\"password\":\"benchmark password\"}" >/dev/null
-# The benchmark user may watch films: grant films_watch to the user role, then log in.
-psql -q "$PG/$DB" -c "insert into role_permissions (role_id, permission)
-    select id, 'films_watch' from roles where name = 'user' on conflict do nothing;
-    update catalog_version set version = version + 1;" >/dev/null
-# Tell usher the grants changed, as its own API would.
-redis-cli -h 127.0.0.1 -p 6379 publish "${PREFIX}feed" c >/dev/null
-sleep 0.2
+# The benchmark user may watch films.
+USHER_DATABASE__URL="$PG/$DB" USHER_REDIS__PREFIX="$PREFIX" \
+    target/release/usher roles grant user films_watch >/dev/null
 token=$(curl -fs "http://$API/api/v1/auth/login" -H 'content-type: application/json' \
     -d "{\"email\":\"$email\",\"password\":\"benchmark password\"}" |
     python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')

@@ -80,6 +80,23 @@ pub enum RoutesCommand {
 pub enum RolesCommand {
     /// Create the built-in roles and permissions that are missing (idempotent).
     Create,
+    /// Give a role permissions (idempotent); running replicas apply it at once. For example
+    /// `usher roles grant non_registered films_read` makes the catalog public.
+    Grant {
+        /// The role's name.
+        role: String,
+        /// Permissions to add.
+        #[arg(required = true)]
+        permissions: Vec<String>,
+    },
+    /// Take permissions away from a role (idempotent).
+    Revoke {
+        /// The role's name.
+        role: String,
+        /// Permissions to remove.
+        #[arg(required = true)]
+        permissions: Vec<String>,
+    },
 }
 
 /// `usher superuser ...`.
@@ -141,6 +158,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("built-in roles and permissions are in place");
             Ok(())
         }
+        Command::Roles {
+            command: RolesCommand::Grant { role, permissions },
+        } => change_grants(&config, &role, &permissions, true).await,
+        Command::Roles {
+            command: RolesCommand::Revoke { role, permissions },
+        } => change_grants(&config, &role, &permissions, false).await,
         Command::Superuser {
             command: SuperuserCommand::Create { email },
         } => superuser_create(&config, email).await,
@@ -150,14 +173,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let pool = store::connect(&config.database).await?;
             store::migrate::migrate(&pool).await?;
             let kid = crate::tokens::rotate(&pool, &config.tokens).await?;
-            // Tell running replicas; they also reload on their own at the next feed restart.
-            if let Ok(kv) = crate::kv::Kv::new(&config.redis) {
-                let mut pipe = redis::pipe();
-                pipe.cmd("PUBLISH")
-                    .arg(kv.key(crate::revocation::FEED))
-                    .arg("k");
-                let _ = kv.run::<(i64,)>(&pipe).await;
-            }
+            announce(&config, "k").await;
             println!("new signing key {kid}");
             Ok(())
         }
@@ -167,6 +183,55 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Tells running replicas through the change feed (`c`: roles and grants, `k`: keys). When
+/// Redis cannot be reached they catch up by themselves: their feed is down too, and they
+/// poll PostgreSQL until it is back.
+async fn announce(config: &Config, what: &str) {
+    if let Ok(kv) = crate::kv::Kv::new(&config.redis) {
+        let mut pipe = redis::pipe();
+        pipe.cmd("PUBLISH")
+            .arg(kv.key(crate::revocation::FEED))
+            .arg(what);
+        if let Err(e) = kv.run::<(i64,)>(&pipe).await {
+            eprintln!(
+                "usher: running replicas were not told ({e}); they catch up when Redis is back"
+            );
+        }
+    }
+}
+
+/// `usher roles grant|revoke ROLE PERMISSION...`.
+async fn change_grants(
+    config: &Config,
+    role: &str,
+    permissions: &[String],
+    grant: bool,
+) -> anyhow::Result<()> {
+    let routes = crate::app::load_routes(config)?;
+    let pool = store::connect(&config.database).await?;
+    store::migrate::migrate(&pool).await?;
+    store::migrate::seed(&pool, routes.service_permissions()).await?;
+    let mut db = store::conn(&pool).await?;
+    let tx = db.transaction().await?;
+    let id = store::roles::id_by_name(&tx, role)
+        .await?
+        .with_context(|| format!("there is no role named {role:?}"))?;
+    anyhow::ensure!(
+        role != SUPERUSER,
+        "superuser holds every permission, always; its grants cannot change"
+    );
+    if let Some(unknown) = store::roles::first_unknown(&tx, permissions).await? {
+        anyhow::bail!("there is no permission {unknown:?} (see GET /api/v1/permissions)");
+    }
+    store::roles::change_grants(&tx, id, permissions, grant).await?;
+    store::roles::bump_catalog(&tx).await?;
+    tx.commit().await?;
+    announce(config, "c").await;
+    let verb = if grant { "granted to" } else { "revoked from" };
+    println!("{} {verb} {role}", permissions.join(", "));
+    Ok(())
 }
 
 /// `usher routes check FILE [--probe REQUEST]...`.

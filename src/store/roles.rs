@@ -198,6 +198,31 @@ pub async fn first_unknown(db: &impl GenericClient, names: &[String]) -> Result<
     Ok(row.map(|r| r.get(0)))
 }
 
+/// The id of the role named `name`, locked for the transaction.
+pub async fn id_by_name(db: &impl GenericClient, name: &str) -> Result<Option<Uuid>> {
+    let row = db
+        .query_opt("select id from roles where name = $1 for update", &[&name])
+        .await?;
+    Ok(row.map(|r| r.get(0)))
+}
+
+/// Adds (`grant`) or removes permissions of a role; what is already so is left alone.
+pub async fn change_grants(
+    db: &impl GenericClient,
+    role: Uuid,
+    names: &[String],
+    grant: bool,
+) -> Result<()> {
+    let sql = if grant {
+        "insert into role_permissions (role_id, permission)
+         select $1, n from unnest($2::text[]) as t(n) on conflict do nothing"
+    } else {
+        "delete from role_permissions where role_id = $1 and permission = any($2::text[])"
+    };
+    db.execute(sql, &[&role, &names]).await?;
+    Ok(())
+}
+
 /// Replaces the grants of a role.
 pub async fn set_permissions(db: &impl GenericClient, role: Uuid, names: &[String]) -> Result<()> {
     db.execute("delete from role_permissions where role_id = $1", &[&role])

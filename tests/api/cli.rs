@@ -172,3 +172,92 @@ async fn superuser_create_refuses_bad_input_with_a_message() {
         assert_eq!(problem(r).await, (401, "invalid_credentials".into()));
     }
 }
+
+/// Runs `usher <args>` against `app`'s database and Redis.
+async fn usher_for(app: &TestApp, args: &[&str]) -> Run {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_usher"))
+        .args(args)
+        .env_remove("USHER_CONFIG")
+        .env_remove("DATABASE_URL")
+        .env_remove("REDIS_URL")
+        .env("USHER_DATABASE__URL", app.config.database.url.expose())
+        .env("USHER_REDIS__URL", app.config.redis.url.expose())
+        .env("USHER_REDIS__PREFIX", &app.config.redis.prefix)
+        .env("USHER_ROUTES__FILE", &app.config.routes.file)
+        .output()
+        .await
+        .expect("the usher binary runs");
+    Run {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+#[tokio::test]
+async fn roles_grant_and_revoke_reach_a_running_usher_at_once() {
+    use std::time::Duration;
+    let app = TestApp::spawn().await;
+    let anonymous_catalog = || async {
+        app.client
+            .get(app.internal_url("/ext_authz/api/v1/films/42"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(anonymous_catalog().await, 401);
+
+    let run = usher_for(&app, &["roles", "grant", "non_registered", "films_read"]).await;
+    assert!(run.ok, "{}{}", run.stdout, run.stderr);
+    assert!(
+        run.stdout.contains("films_read granted to non_registered"),
+        "{}",
+        run.stdout
+    );
+    let public = crate::helpers::eventually(Duration::from_secs(1), || async {
+        anonymous_catalog().await == 200
+    })
+    .await;
+    assert!(
+        public,
+        "the grant should reach the running usher within a second"
+    );
+    // idempotent
+    assert!(
+        usher_for(&app, &["roles", "grant", "non_registered", "films_read"])
+            .await
+            .ok
+    );
+
+    let run = usher_for(&app, &["roles", "revoke", "non_registered", "films_read"]).await;
+    assert!(run.ok, "{}{}", run.stdout, run.stderr);
+    let private = crate::helpers::eventually(Duration::from_secs(1), || async {
+        anonymous_catalog().await == 401
+    })
+    .await;
+    assert!(
+        private,
+        "the revocation should reach the running usher within a second"
+    );
+
+    for (args, says) in [
+        (
+            &["roles", "grant", "ghosts", "films_read"][..],
+            "no role named",
+        ),
+        (
+            &["roles", "grant", "user", "films_fly"][..],
+            "no permission",
+        ),
+        (
+            &["roles", "revoke", "superuser", "films_read"][..],
+            "superuser",
+        ),
+    ] {
+        let run = usher_for(&app, args).await;
+        assert!(!run.ok, "{args:?} should fail");
+        assert!(run.stderr.contains(says), "{args:?}: {}", run.stderr);
+    }
+}
