@@ -374,7 +374,13 @@ fn password_from_env_or_stdin() -> anyhow::Result<String> {
 
 fn init_logging(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log.level))
+        // PostgreSQL's notices ("relation … already exists, skipping") are not news.
+        .or_else(|_| {
+            tracing_subscriber::EnvFilter::try_new(format!(
+                "{},tokio_postgres::connection=warn",
+                config.log.level
+            ))
+        })
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
