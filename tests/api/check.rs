@@ -649,3 +649,84 @@ fn routes_check_explains_a_map_and_names_the_bad_line() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn an_edited_route_map_takes_effect_and_its_new_permissions_join_the_catalog() {
+    let (app, map) = spawn_with_map(MAP, |_| {}).await;
+    let root = crate::users::admin(&app).await;
+    let poster = app.user().await;
+    let posting = || async {
+        ask(
+            &app,
+            Shape::Envoy,
+            "POST",
+            HOST,
+            "/api/v1/posters",
+            Some(&poster.access),
+        )
+        .await
+        .verdict()
+        .0
+    };
+    assert_eq!(posting().await, 403, "no route yet: default deny");
+
+    // A route needing a new service permission, added while usher runs.
+    let edited = format!(
+        "{}\n[[route]]\npath = \"/api/v1/posters\"\nmethods = [\"POST\"]\nrequire = [\"posters_upload\"]\n",
+        MAP.replace("[permissions]\n", "[permissions]\nposters_upload = \"Upload posters\"\n")
+    );
+    std::fs::write(&map.0, edited).unwrap();
+    let listed = eventually(Duration::from_secs(5), || async {
+        let page: serde_json::Value = app
+            .get("/api/v1/permissions", Some(&root.access))
+            .await
+            .json()
+            .await
+            .unwrap();
+        page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == "posters_upload" && p["builtin"] == false)
+    })
+    .await;
+    assert!(listed, "the new service permission should join the catalog");
+    assert_eq!(posting().await, 403, "the route now needs posters_upload");
+
+    // A broken edit is refused and the map in force stays.
+    std::fs::write(
+        &map.0,
+        "default_policy = \"allow\"\n[[route]]\npath = \"/x\"\nrequire = [\"nope\"]\n",
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let roles: serde_json::Value = app
+        .get("/api/v1/roles", Some(&root.access))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let user_role = roles["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "user")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = app
+        .request(
+            reqwest::Method::PATCH,
+            &format!("/api/v1/roles/{user_role}"),
+            Some(&root.access),
+            Some(serde_json::json!({"permissions": ["user_self_read", "posters_upload"]})),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let allowed = eventually(Duration::from_secs(1), || async { posting().await == 200 }).await;
+    assert!(
+        allowed,
+        "granting the new permission lets the request through, under the old (valid) map"
+    );
+}
