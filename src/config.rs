@@ -45,6 +45,8 @@ pub struct Listen {
     pub internal: SocketAddr,
     /// How long in-flight requests may take to finish after SIGTERM.
     pub shutdown_grace: Dur,
+    /// Longest wait for a request's head, and for an API request's body.
+    pub read_timeout: Dur,
 }
 
 impl Default for Listen {
@@ -53,6 +55,7 @@ impl Default for Listen {
             api: SocketAddr::from(([0, 0, 0, 0], 8080)),
             internal: SocketAddr::from(([0, 0, 0, 0], 9191)),
             shutdown_grace: Dur::secs(10),
+            read_timeout: Dur::secs(10),
         }
     }
 }

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use http::{Method, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
@@ -50,7 +50,13 @@ pub async fn serve(
     grace: Duration,
 ) {
     let graceful = GracefulShutdown::new();
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // A client that trickles its request head ties up a connection: give up after a while.
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(state.config.listen.read_timeout.0);
+    builder.http2().timer(TokioTimer::new());
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -106,11 +112,15 @@ async fn dispatch(
                 .and_then(|v| v.to_str().ok())
                 .filter(|v| v.len() <= 128)
                 .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
-            let response = match Req::read(req, peer).await {
-                Ok(req) => api(state, req)
+            let limit = state.config.listen.read_timeout.0;
+            let read = tokio::time::timeout(limit, Req::read(req, peer)).await;
+            let response = match read {
+                Ok(Ok(req)) => api(state, req)
                     .await
                     .unwrap_or_else(ApiError::into_response),
-                Err(e) => e.into_response(),
+                Ok(Err(e)) => e.into_response(),
+                Err(_) => ApiError::BadRequest("the request body did not arrive in time".into())
+                    .into_response(),
             };
             let status = response.status().as_u16();
             let latency = started.elapsed();

@@ -251,3 +251,30 @@ async fn openapi_and_docs_are_served() {
         "the page must work without internet access"
     );
 }
+
+#[tokio::test]
+async fn a_body_that_never_finishes_is_400_not_a_hang() {
+    let app =
+        TestApp::spawn_with(|c| c.listen.read_timeout = usher::config::Dur::millis(300)).await;
+    // Declares 100 bytes, sends 10, then stalls.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
+    tx.send(Ok(b"{\"email\":\"".to_vec())).await.unwrap();
+    let body = reqwest::Body::wrap_stream(tokio_stream_from(rx));
+    let r = app
+        .client
+        .post(app.url("/api/v1/auth/login"))
+        .header("content-type", "application/json")
+        .header("content-length", "100")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(problem(r).await, (400, "bad_request".into()));
+    drop(tx);
+}
+
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures_util::Stream<Item = T> + Send + 'static {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
