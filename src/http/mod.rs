@@ -51,12 +51,16 @@ pub async fn serve(
 ) {
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    // A client that trickles its request head ties up a connection: give up after a while.
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(state.config.listen.read_timeout.0);
-    builder.http2().timer(TokioTimer::new());
+    if which == Listener::Api {
+        // A client that trickles its request head ties up a connection: give up after a while.
+        // Not on the internal listener: its only client is the gateway's connection pool, and
+        // arming a timer for every request head costs the check endpoint measurably.
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(state.config.listen.read_timeout.0);
+        builder.http2().timer(TokioTimer::new());
+    }
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
