@@ -15,6 +15,11 @@ DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-64}
 THREADS=${THREADS:-1}
 RATE=${RATE:-5000}
+# PIN=1 puts the servers on CPU 0 and wrk on CPU 1, so that they do not take turns on one core:
+# steadier figures, per-core throughput.
+PIN=${PIN:-0}
+server_cpu=(); client_cpu=()
+if [ "$PIN" = 1 ]; then server_cpu=(taskset -c 0); client_cpu=(taskset -c 1); fi
 PG=${PG:-postgres://postgres@127.0.0.1:5432}
 API=127.0.0.1:18080
 INTERNAL=127.0.0.1:19191
@@ -46,9 +51,9 @@ wait_http() {
 
 USHER_DATABASE__URL="$PG/$DB" USHER_REDIS__PREFIX="$PREFIX" \
 USHER_LISTEN__API=$API USHER_LISTEN__INTERNAL=$INTERNAL USHER_LOG__LEVEL=warn \
-    target/release/usher serve 2>"$work/usher.log" &
+    "${server_cpu[@]}" target/release/usher serve 2>"$work/usher.log" &
 usher_pid=$!
-target/release/examples/bare_hyper $BARE &
+"${server_cpu[@]}" target/release/examples/bare_hyper $BARE &
 bare_pid=$!
 wait_http "http://$INTERNAL/healthz"
 wait_http "http://$BARE/"
@@ -75,7 +80,7 @@ LUA
 rps() { awk '/Requests\/sec/ {print $2}'; }
 run() { # name url [extra wrk args]
     local name=$1 url=$2; shift 2
-    wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" -H "authorization: Bearer $token" "$@" "$url" >"$work/$name.txt"
+    "${client_cpu[@]}" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" -H "authorization: Bearer $token" "$@" "$url" >"$work/$name.txt"
 }
 
 run warmup "http://$INTERNAL$path" -d2s

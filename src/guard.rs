@@ -5,7 +5,7 @@
 //! allocation), an expiry comparison and `Revocation::cached`. `authenticate` adds the slow
 //! path behind it: signature verification and, when memory cannot tell, Redis or PostgreSQL.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -32,6 +32,26 @@ pub struct Principal {
     pub exp: i64,
     /// Identity header values for the gateway, rendered once per token.
     pub headers: IdentityHeaders,
+    /// The revocation epoch at which this token was last found valid (0: never).
+    checked_epoch: AtomicU64,
+    /// When (Unix seconds) it was.
+    checked_at: AtomicI64,
+}
+
+impl Principal {
+    /// Whether it was found valid at `epoch` less than `within` seconds before `now`.
+    fn still_valid(&self, epoch: u64, now: i64, within: i64) -> bool {
+        self.checked_epoch.load(Ordering::Acquire) == epoch
+            && now - self.checked_at.load(Ordering::Relaxed) < within
+    }
+
+    /// Notes that it was found valid at `epoch`.
+    fn remember(&self, epoch: Option<u64>, now: i64) {
+        if let Some(epoch) = epoch {
+            self.checked_at.store(now, Ordering::Relaxed);
+            self.checked_epoch.store(epoch, Ordering::Release);
+        }
+    }
 }
 
 /// `x-user-id`, `x-user-roles`, `x-session-id` as bytes ready for a header value.
@@ -59,6 +79,8 @@ impl From<AccessClaims> for Principal {
             rv: c.rv,
             exp: c.exp,
             headers,
+            checked_epoch: AtomicU64::new(0),
+            checked_at: AtomicI64::new(0),
         }
     }
 }
@@ -129,8 +151,17 @@ impl Guard {
         if now >= principal.exp {
             return Some(Err(TokenError::Expired));
         }
+        // Read before the lookups: what they find valid is valid at this epoch.
+        let epoch = revocation.epoch();
+        let recheck = revocation.recheck_after().as_secs() as i64;
+        if epoch.is_some_and(|e| principal.still_valid(e, now, recheck)) {
+            return Some(Ok(principal));
+        }
         match revocation.cached(principal.session, principal.user, principal.rv) {
-            Cached::Valid => Some(Ok(principal)),
+            Cached::Valid => {
+                principal.remember(epoch, now);
+                Some(Ok(principal))
+            }
             Cached::Revoked => Some(Err(TokenError::Revoked)),
             Cached::Stale => Some(Err(TokenError::Stale)),
             Cached::Unknown => None,
@@ -168,11 +199,15 @@ impl Guard {
                 p
             }
         };
+        let epoch = revocation.epoch();
         match revocation
             .check(principal.session, principal.user, principal.rv)
             .await?
         {
-            Cached::Valid | Cached::Unknown => Ok(principal),
+            Cached::Valid | Cached::Unknown => {
+                principal.remember(epoch, chrono::Utc::now().timestamp());
+                Ok(principal)
+            }
             Cached::Revoked => Err(Refused::Token(TokenError::Revoked)),
             Cached::Stale => Err(Refused::Token(TokenError::Stale)),
         }

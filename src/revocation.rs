@@ -14,9 +14,10 @@
 //! - a fetched answer never undoes a newer one from the feed (revoked: `or`, versions: `max`).
 //!
 //! The caches are lock-free reads (moka's concurrent hash map); nothing here holds a lock
-//! across an `.await`.
+//! across an `.await`. On top of them, an epoch counter lets the hot path skip both lookups
+//! for a token it already found valid when nothing that could revoke it has happened since.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -67,6 +68,11 @@ pub struct Revocation {
     /// A change reached PostgreSQL but not Redis; the next feed start copies it over.
     redis_behind: AtomicBool,
     mirror_ttl: Duration,
+    /// Bumped after every change that can make a valid token invalid (a revocation, a raised
+    /// roles version, the feed going down or coming back). A token found valid at epoch `e` is
+    /// still valid while the epoch is `e`: the hot path then skips both cache lookups.
+    epoch: AtomicU64,
+    state_ttl: Duration,
 }
 
 impl Revocation {
@@ -86,7 +92,30 @@ impl Revocation {
             feed_up: AtomicBool::new(false),
             redis_behind: AtomicBool::new(true),
             mirror_ttl: access_ttl.max(Duration::from_secs(1)),
+            epoch: AtomicU64::new(1),
+            state_ttl: cache.state_ttl.0,
         }
+    }
+
+    /// The current epoch while the feed is up; `None` when memory may not vouch for anything.
+    /// Read it before looking at the caches: an answer found valid then is valid at that epoch.
+    pub fn epoch(&self) -> Option<u64> {
+        if self.feed_up.load(Ordering::Acquire) {
+            Some(self.epoch.load(Ordering::Acquire))
+        } else {
+            None
+        }
+    }
+
+    /// How long a validation may be reused without looking again, whatever the epoch: the
+    /// same safety net as the caches' time to live.
+    pub fn recheck_after(&self) -> Duration {
+        self.state_ttl
+    }
+
+    /// Called after a change has been written to the caches.
+    fn bump(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Hot path: what memory alone can say of a token of `session` and `user` carrying
@@ -128,13 +157,19 @@ impl Revocation {
             .entry(user)
             .and_upsert_with(|old| old.map_or(min_rv, |e| (*e.value()).max(min_rv)))
             .value();
-        Ok(if revoked {
+        let answer = if revoked {
             Cached::Revoked
         } else if rv < min_rv {
             Cached::Stale
         } else {
             Cached::Valid
-        })
+        };
+        if answer != Cached::Valid {
+            // Learnt from Redis or PostgreSQL rather than the feed: make sure no shortcut
+            // taken at an older epoch outlives it.
+            self.bump();
+        }
+        Ok(answer)
     }
 
     async fn fetch(&self, session: Uuid, user: Uuid) -> Result<(bool, i64), Unavailable> {
@@ -172,6 +207,7 @@ impl Revocation {
         for sid in sessions {
             self.sessions.insert(*sid, true);
         }
+        self.bump();
         let mut pipe = redis::pipe();
         for sid in sessions {
             pipe.cmd("SET")
@@ -227,6 +263,7 @@ impl Revocation {
         self.users
             .entry(user)
             .and_upsert_with(|old| old.map_or(rv, |e| (*e.value()).max(rv)));
+        self.bump();
     }
 
     /// Applies one feed message.
@@ -236,6 +273,7 @@ impl Revocation {
             (Some("s"), Some(sid), None) => {
                 if let Ok(sid) = sid.parse() {
                     self.sessions.insert(sid, true);
+                    self.bump();
                 }
             }
             (Some("u"), Some(uid), Some(rv)) => {
@@ -250,6 +288,7 @@ impl Revocation {
     /// The feed went down: stop believing "valid" from memory.
     pub fn feed_lost(&self) {
         self.feed_up.store(false, Ordering::Release);
+        self.bump();
     }
 
     /// The feed is subscribed again. Messages may have been missed meanwhile, so forget
@@ -258,6 +297,7 @@ impl Revocation {
     pub async fn feed_ready(&self) -> Result<(), Unavailable> {
         self.sessions.invalidate_all();
         self.users.invalidate_all();
+        self.bump();
         self.resync().await?;
         self.feed_up.store(true, Ordering::Release);
         Ok(())
