@@ -120,8 +120,10 @@ impl Permissions {
     }
 
     /// The snapshot in force; cheap, lock-free.
-    pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.current.load_full()
+    pub fn snapshot(&self) -> arc_swap::Guard<Arc<Snapshot>> {
+        // A guard, not a clone of the Arc: no shared reference count bounces between cores
+        // on the hot path. Not to be held across an `.await`.
+        self.current.load()
     }
 
     /// Rereads from PostgreSQL when the catalog version moved (or always, with `force`).
