@@ -5,7 +5,7 @@ use std::time::Duration;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::helpers::{eventually, problem, TestApp};
+use crate::helpers::{eventually, problem, strings, TestApp};
 
 #[tokio::test]
 async fn register_creates_a_user_with_the_user_role() {
@@ -62,12 +62,7 @@ async fn login_returns_tokens_and_me_shows_permissions() {
     assert_eq!(t["refresh_expires_in"], 30 * 86400);
     let access = t["access_token"].as_str().unwrap();
     assert!(t["refresh_token"].as_str().unwrap().len() >= 43);
-    let me: Value = app
-        .get("/api/v1/users/me", Some(access))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let me: Value = app.get_json("/api/v1/users/me", Some(access)).await;
     assert_eq!(me["email"], "fan@cinema.test");
     assert_eq!(me["roles"], json!(["user"]));
     assert_eq!(
@@ -112,12 +107,7 @@ async fn access_tokens_carry_the_spec_claims() {
         3600
     );
     // the JWKS publishes the key that signed it
-    let jwks: Value = app
-        .get("/.well-known/jwks.json", None)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let jwks: Value = app.get_json("/.well-known/jwks.json", None).await;
     let keys = jwks["keys"].as_array().unwrap();
     assert!(keys
         .iter()
@@ -286,15 +276,12 @@ async fn access_tokens_expire() {
     );
     // the refresh token still works and gives a fresh access token
     let t: Value = app
-        .post(
+        .post_json(
             "/api/v1/auth/refresh",
             None,
             json!({"refresh_token": u.refresh}),
         )
-        .await
-        .json()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(
         app.get(
             "/api/v1/users/me",
@@ -397,12 +384,7 @@ async fn sessions_are_listed_and_ended_one_by_one() {
         .json()
         .await
         .unwrap();
-    let list: Value = app
-        .get("/api/v1/auth/sessions", Some(&u.access))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let list: Value = app.get_json("/api/v1/auth/sessions", Some(&u.access)).await;
     let items = list["items"].as_array().unwrap();
     assert_eq!(items.len(), 2);
     assert_eq!(items[0]["user_agent"], "CinemaTV/2.0", "newest first");
@@ -437,11 +419,8 @@ async fn sessions_are_listed_and_ended_one_by_one() {
     // someone else's session, an ended one, a malformed id: 404
     let stranger = app.user().await;
     let theirs: Value = app
-        .get("/api/v1/auth/sessions", Some(&stranger.access))
-        .await
-        .json()
-        .await
-        .unwrap();
+        .get_json("/api/v1/auth/sessions", Some(&stranger.access))
+        .await;
     let theirs = theirs["items"][0]["id"].as_str().unwrap().to_owned();
     for id in [theirs.as_str(), tv, "not-a-uuid"] {
         let r = app
@@ -469,39 +448,21 @@ async fn history_records_events_newest_first_with_pages() {
     app.login(&u.email, "wrong password").await;
     // the failure is recorded off the response path; wait for it before the next event
     let recorded = eventually(Duration::from_secs(2), || async {
-        let page: Value = app
-            .get("/api/v1/auth/history", Some(&u.access))
-            .await
-            .json()
-            .await
-            .unwrap();
+        let page: Value = app.get_json("/api/v1/auth/history", Some(&u.access)).await;
         page["total"] == 2
     })
     .await;
     assert!(recorded);
     let t: Value = app
-        .post(
+        .post_json(
             "/api/v1/auth/refresh",
             None,
             json!({"refresh_token": u.refresh}),
         )
-        .await
-        .json()
-        .await
-        .unwrap();
+        .await;
     let access = t["access_token"].as_str().unwrap().to_owned();
-    let page: Value = app
-        .get("/api/v1/auth/history", Some(&access))
-        .await
-        .json()
-        .await
-        .unwrap();
-    let events: Vec<&str> = page["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["event"].as_str().unwrap())
-        .collect();
+    let page: Value = app.get_json("/api/v1/auth/history", Some(&access)).await;
+    let events = strings(&page["items"], "event");
     assert_eq!(events, ["refresh", "login_failed", "login"]);
     assert_eq!(page["total"], 3);
     assert_eq!(page["page"], 1);
@@ -509,11 +470,8 @@ async fn history_records_events_newest_first_with_pages() {
     assert_eq!(page["items"][2]["ip"], "127.0.0.1");
     assert!(page["items"][0]["session_id"].is_string());
     let p2: Value = app
-        .get("/api/v1/auth/history?page=2&per_page=2", Some(&access))
-        .await
-        .json()
-        .await
-        .unwrap();
+        .get_json("/api/v1/auth/history?page=2&per_page=2", Some(&access))
+        .await;
     assert_eq!(p2["items"].as_array().unwrap().len(), 1);
     assert_eq!(p2["items"][0]["event"], "login");
     let bad = app
@@ -525,20 +483,12 @@ async fn history_records_events_newest_first_with_pages() {
         .await;
     let again: Value = app.login(&u.email, &u.password).await.json().await.unwrap();
     let page: Value = app
-        .get(
+        .get_json(
             "/api/v1/auth/history?per_page=2",
             Some(again["access_token"].as_str().unwrap()),
         )
-        .await
-        .json()
-        .await
-        .unwrap();
-    let events: Vec<&str> = page["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["event"].as_str().unwrap())
-        .collect();
+        .await;
+    let events = strings(&page["items"], "event");
     assert_eq!(events, ["login", "logout"]);
 }
 
@@ -608,12 +558,7 @@ async fn rotated_keys_keep_old_tokens_valid_and_jwks_lists_both() {
         .unwrap();
     app.state.revocation.announce("k").await;
     let listed = eventually(Duration::from_secs(2), || async {
-        let jwks: Value = app
-            .get("/.well-known/jwks.json", None)
-            .await
-            .json()
-            .await
-            .unwrap();
+        let jwks: Value = app.get_json("/.well-known/jwks.json", None).await;
         jwks["keys"].as_array().unwrap().len() == 2
     })
     .await;
@@ -644,11 +589,6 @@ async fn hs256_can_be_selected() {
         200
     );
     // nothing secret is published
-    let jwks: Value = app
-        .get("/.well-known/jwks.json", None)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let jwks: Value = app.get_json("/.well-known/jwks.json", None).await;
     assert_eq!(jwks["keys"], json!([]));
 }

@@ -138,12 +138,7 @@ async fn replicas_starting_together_migrate_once() {
 #[tokio::test]
 async fn keys_rotate_reaches_running_replicas() {
     let app = TestApp::spawn().await;
-    let before: serde_json::Value = app
-        .get("/.well-known/jwks.json", None)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let before: serde_json::Value = app.get_json("/.well-known/jwks.json", None).await;
     assert_eq!(before["keys"].as_array().unwrap().len(), 1);
     let out = usher(
         &["keys", "rotate"],
@@ -154,12 +149,7 @@ async fn keys_rotate_reaches_running_replicas() {
     );
     assert!(out.status.success(), "{}", text(&out));
     let both = eventually(Duration::from_secs(2), || async {
-        let jwks: serde_json::Value = app
-            .get("/.well-known/jwks.json", None)
-            .await
-            .json()
-            .await
-            .unwrap();
+        let jwks: serde_json::Value = app.get_json("/.well-known/jwks.json", None).await;
         jwks["keys"].as_array().unwrap().len() == 2
     })
     .await;

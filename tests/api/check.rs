@@ -678,11 +678,8 @@ async fn an_edited_route_map_takes_effect_and_its_new_permissions_join_the_catal
     std::fs::write(&map.0, edited).unwrap();
     let listed = eventually(Duration::from_secs(5), || async {
         let page: serde_json::Value = app
-            .get("/api/v1/permissions", Some(&root.access))
-            .await
-            .json()
-            .await
-            .unwrap();
+            .get_json("/api/v1/permissions", Some(&root.access))
+            .await;
         page["items"]
             .as_array()
             .unwrap()
@@ -700,12 +697,7 @@ async fn an_edited_route_map_takes_effect_and_its_new_permissions_join_the_catal
     )
     .unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let roles: serde_json::Value = app
-        .get("/api/v1/roles", Some(&root.access))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let roles: serde_json::Value = app.get_json("/api/v1/roles", Some(&root.access)).await;
     let user_role = roles["items"]
         .as_array()
         .unwrap()

@@ -60,12 +60,7 @@ async fn assert_superuser(app: &TestApp, email: &str, password: &str) {
     assert_eq!(r.status(), 200, "login of {email}");
     let t: Value = r.json().await.unwrap();
     let access = t["access_token"].as_str().unwrap();
-    let me: Value = app
-        .get("/api/v1/users/me", Some(access))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let me: Value = app.get_json("/api/v1/users/me", Some(access)).await;
     assert!(
         me["roles"]
             .as_array()
@@ -73,12 +68,7 @@ async fn assert_superuser(app: &TestApp, email: &str, password: &str) {
             .contains(&json!("superuser")),
         "{me}"
     );
-    let catalog: Value = app
-        .get("/api/v1/permissions", Some(access))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let catalog: Value = app.get_json("/api/v1/permissions", Some(access)).await;
     let all: Vec<Value> = catalog["items"]
         .as_array()
         .unwrap()
@@ -138,12 +128,7 @@ async fn superuser_create_promotes_an_existing_user() {
     assert!(crate::helpers::eventually(std::time::Duration::from_secs(1), stale).await);
     assert_superuser(&app, &u.email, &u.password).await;
     let fresh = relogin(&app, &u).await;
-    let me: Value = app
-        .get("/api/v1/users/me", Some(&fresh.access))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let me: Value = app.get_json("/api/v1/users/me", Some(&fresh.access)).await;
     assert_eq!(me["roles"], json!(["superuser", "user"]));
 }
 

@@ -24,12 +24,7 @@ async fn logout_with_redis_down_is_recorded_honoured_and_mirrored_when_it_return
         200
     );
     let sid = {
-        let list: Value = a
-            .get("/api/v1/auth/sessions", Some(&u.access))
-            .await
-            .json()
-            .await
-            .unwrap();
+        let list: Value = a.get_json("/api/v1/auth/sessions", Some(&u.access)).await;
         list["items"][0]["id"].as_str().unwrap().to_owned()
     };
 

@@ -168,6 +168,24 @@ impl TestApp {
         self.request(Method::GET, path, token, None).await
     }
 
+    /// GET, and the JSON body whatever the status.
+    pub async fn get_json(&self, path: &str, token: Option<&str>) -> Value {
+        self.get(path, token)
+            .await
+            .json()
+            .await
+            .expect("a JSON body")
+    }
+
+    /// POST, and the JSON body whatever the status.
+    pub async fn post_json(&self, path: &str, token: Option<&str>, body: Value) -> Value {
+        self.post(path, token, body)
+            .await
+            .json()
+            .await
+            .expect("a JSON body")
+    }
+
     pub async fn register(&self, email: &str, password: &str) -> Response {
         self.post(
             "/api/v1/auth/register",
@@ -325,6 +343,16 @@ impl PostgresOutage {
         ))
         .await;
     }
+}
+
+/// `field` of every element of the array `items`, as strings.
+pub fn strings(items: &Value, field: &str) -> Vec<String> {
+    items
+        .as_array()
+        .expect("an array")
+        .iter()
+        .map(|item| item[field].as_str().expect("a string field").to_owned())
+        .collect()
 }
 
 /// Reads a problem-details answer: (status, code).

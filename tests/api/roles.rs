@@ -7,12 +7,7 @@ use crate::helpers::{problem, TestApp};
 use crate::users::{admin, delete, patch, role_id};
 
 async fn catalog_names(app: &TestApp, token: &str) -> Vec<Value> {
-    let catalog: Value = app
-        .get("/api/v1/permissions", Some(token))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let catalog: Value = app.get_json("/api/v1/permissions", Some(token)).await;
     catalog["items"]
         .as_array()
         .unwrap()
@@ -102,7 +97,7 @@ async fn roles_are_listed_by_name_and_superuser_holds_the_whole_catalog() {
         ])
     );
     let one = format!("/api/v1/roles/{}", items[2]["id"].as_str().unwrap());
-    let r: Value = app.get(&one, Some(&u.access)).await.json().await.unwrap();
+    let r: Value = app.get_json(&one, Some(&u.access)).await;
     assert_eq!(r, items[2]);
     for bad in [
         format!("/api/v1/roles/{}", uuid::Uuid::new_v4()),
@@ -134,14 +129,11 @@ async fn roles_are_created_with_valid_names_and_known_permissions() {
     assert_eq!(role["builtin"], false);
     assert_eq!(role["permissions"], json!(["films_read", "role_read"]));
     let fetched: Value = app
-        .get(
+        .get_json(
             &format!("/api/v1/roles/{}", role["id"].as_str().unwrap()),
             Some(&root.access),
         )
-        .await
-        .json()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(fetched, role);
     // the description may be left out, the permissions may not
     let r = app
@@ -231,15 +223,12 @@ async fn roles_are_changed_but_builtins_keep_their_names() {
     let app = TestApp::spawn().await;
     let root = admin(&app).await;
     let created: Value = app
-        .post(
+        .post_json(
             "/api/v1/roles",
             Some(&root.access),
             json!({"name": "critic", "permissions": ["films_read"]}),
         )
-        .await
-        .json()
-        .await
-        .unwrap();
+        .await;
     let path = format!("/api/v1/roles/{}", created["id"].as_str().unwrap());
 
     let r = patch(&app, &path, &root.access, json!({"name": "reviewer"})).await;
@@ -314,15 +303,12 @@ async fn deleting_a_role_takes_it_from_every_user() {
     let root = admin(&app).await;
     let u = app.user().await;
     let created: Value = app
-        .post(
+        .post_json(
             "/api/v1/roles",
             Some(&root.access),
             json!({"name": "critic", "permissions": ["films_read"]}),
         )
-        .await
-        .json()
-        .await
-        .unwrap();
+        .await;
     let id = created["id"].as_str().unwrap();
     let path = format!("/api/v1/roles/{id}");
     let assign = format!("/api/v1/users/{}/roles/{id}", u.id);
@@ -343,11 +329,8 @@ async fn deleting_a_role_takes_it_from_every_user() {
     let r = delete(&app, &path, &root.access).await;
     assert_eq!(problem(r).await, (404, "not_found".into()));
     let user: Value = app
-        .get(&format!("/api/v1/users/{}", u.id), Some(&root.access))
-        .await
-        .json()
-        .await
-        .unwrap();
+        .get_json(&format!("/api/v1/users/{}", u.id), Some(&root.access))
+        .await;
     assert_eq!(user["roles"], json!(["user"]));
 
     for name in ["superuser", "user", "non_registered"] {

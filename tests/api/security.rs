@@ -52,12 +52,7 @@ async fn a_plain_user_cannot_read_change_or_disable_another_user() {
     assert_eq!(problem(app.get(&ghost, t).await).await.0, 403);
 
     // alice is untouched and still signed in
-    let me: Value = app
-        .get("/api/v1/users/me", Some(&alice.access))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let me: Value = app.get_json("/api/v1/users/me", Some(&alice.access)).await;
     assert_eq!(me["email"], alice.email.as_str());
     assert_eq!(me["disabled"], false);
 }
@@ -70,15 +65,12 @@ async fn a_plain_user_cannot_give_themselves_any_role() {
     let superuser = role_id(&app, &root.access, "superuser").await;
     let user = role_id(&app, &root.access, "user").await;
     let custom: Value = app
-        .post(
+        .post_json(
             "/api/v1/roles",
             Some(&root.access),
             json!({"name": "auditor", "permissions": ["user_all_read"]}),
         )
-        .await
-        .json()
-        .await
-        .unwrap();
+        .await;
     let custom = custom["id"].as_str().unwrap().to_owned();
 
     for target in [mallory.id.as_str(), "me"] {
@@ -127,11 +119,8 @@ async fn a_plain_user_cannot_give_themselves_any_role() {
 
     // the token still works and the roles did not move
     let me: Value = app
-        .get("/api/v1/users/me", Some(&mallory.access))
-        .await
-        .json()
-        .await
-        .unwrap();
+        .get_json("/api/v1/users/me", Some(&mallory.access))
+        .await;
     assert_eq!(me["roles"], json!(["user"]));
     assert!(!me["permissions"]
         .as_array()
@@ -192,15 +181,12 @@ async fn refused(app: &TestApp, path: &str, token: &str) -> bool {
 async fn auditor_on_replica(a: &TestApp, b: &TestApp) -> (Signed, Signed, String) {
     let root = admin(a).await;
     let role: Value = a
-        .post(
+        .post_json(
             "/api/v1/roles",
             Some(&root.access),
             json!({"name": "auditor", "permissions": ["user_all_read"]}),
         )
-        .await
-        .json()
-        .await
-        .unwrap();
+        .await;
     let role = role["id"].as_str().unwrap().to_owned();
     let u = a.user().await;
     let path = format!("/api/v1/users/{}/roles/{role}", u.id);
@@ -230,15 +216,12 @@ async fn a_removed_role_stops_working_on_another_replica_within_a_second() {
     );
     // a refresh carries the current roles, and they do not include the permission
     let t: Value = b
-        .post(
+        .post_json(
             "/api/v1/auth/refresh",
             None,
             json!({"refresh_token": u.refresh}),
         )
-        .await
-        .json()
-        .await
-        .unwrap();
+        .await;
     let access = t["access_token"].as_str().unwrap();
     assert_eq!(token_roles(access), json!(["user"]));
     let r = b.get("/api/v1/users", Some(access)).await;
@@ -299,15 +282,12 @@ async fn a_deleted_or_renamed_role_makes_tokens_stale_on_another_replica() {
     };
     assert!(crate::helpers::eventually(Duration::from_secs(1), stale).await);
     let t: Value = b
-        .post(
+        .post_json(
             "/api/v1/auth/refresh",
             None,
             json!({"refresh_token": u.refresh}),
         )
-        .await
-        .json()
-        .await
-        .unwrap();
+        .await;
     let access = t["access_token"].as_str().unwrap().to_owned();
     let refresh = t["refresh_token"].as_str().unwrap().to_owned();
     assert_eq!(token_roles(&access), json!(["inspector", "user"]));
@@ -328,15 +308,12 @@ async fn a_deleted_or_renamed_role_makes_tokens_stale_on_another_replica() {
         .await
     );
     let t: Value = b
-        .post(
+        .post_json(
             "/api/v1/auth/refresh",
             None,
             json!({"refresh_token": refresh}),
         )
-        .await
-        .json()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(
         token_roles(t["access_token"].as_str().unwrap()),
         json!(["user"])

@@ -3,7 +3,7 @@
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::helpers::{problem, Signed, TestApp};
+use crate::helpers::{problem, strings, Signed, TestApp};
 
 /// A fresh user holding `superuser`, with a token that carries it.
 pub async fn admin(app: &TestApp) -> Signed {
@@ -31,12 +31,7 @@ pub async fn relogin(app: &TestApp, u: &Signed) -> Signed {
 
 /// The id of the role named `name`.
 pub async fn role_id(app: &TestApp, token: &str, name: &str) -> String {
-    let roles: Value = app
-        .get("/api/v1/roles", Some(token))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let roles: Value = app.get_json("/api/v1/roles", Some(token)).await;
     roles["items"]
         .as_array()
         .unwrap()
@@ -82,17 +77,9 @@ async fn users_are_listed_by_email_with_pages_and_a_filter() {
         app.register(email, "long enough").await;
     }
     let page: Value = app
-        .get("/api/v1/users?email=FILMS", Some(&root.access))
-        .await
-        .json()
-        .await
-        .unwrap();
-    let emails: Vec<&str> = page["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|u| u["email"].as_str().unwrap())
-        .collect();
+        .get_json("/api/v1/users?email=FILMS", Some(&root.access))
+        .await;
+    let emails = strings(&page["items"], "email");
     assert_eq!(emails, ["alice@films.test", "Bob@films.test"]);
     assert_eq!(page["total"], 2);
     assert_eq!(page["page"], 1);
@@ -101,32 +88,21 @@ async fn users_are_listed_by_email_with_pages_and_a_filter() {
     assert_eq!(page["items"][0]["disabled"], false);
 
     let second: Value = app
-        .get(
+        .get_json(
             "/api/v1/users?email=films&page=2&per_page=1",
             Some(&root.access),
         )
-        .await
-        .json()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(second["items"][0]["email"], "Bob@films.test");
     assert_eq!(second["items"].as_array().unwrap().len(), 1);
     assert_eq!(second["total"], 2);
 
-    let all: Value = app
-        .get("/api/v1/users", Some(&root.access))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let all: Value = app.get_json("/api/v1/users", Some(&root.access)).await;
     assert_eq!(all["total"], 4);
     // a filter with LIKE wildcards is a plain substring
     let none: Value = app
-        .get("/api/v1/users?email=%25", Some(&root.access))
-        .await
-        .json()
-        .await
-        .unwrap();
+        .get_json("/api/v1/users?email=%25", Some(&root.access))
+        .await;
     assert_eq!(none["total"], 0);
 
     for bad in ["per_page=101", "per_page=0", "page=0", "page=x"] {
@@ -149,7 +125,7 @@ async fn a_user_is_read_by_themselves_or_a_holder_of_user_all_read() {
     let u = app.user().await;
     let other = app.user().await;
     let path = format!("/api/v1/users/{}", u.id);
-    let me: Value = app.get(&path, Some(&u.access)).await.json().await.unwrap();
+    let me: Value = app.get_json(&path, Some(&u.access)).await;
     assert_eq!(me["email"], u.email.as_str());
     assert_eq!(me["roles"], json!(["user"]));
     let by_root = app.get(&path, Some(&root.access)).await;
@@ -175,12 +151,7 @@ async fn a_user_is_read_by_themselves_or_a_holder_of_user_all_read() {
         }
     }
     // `/users/me` answers with the effective permissions
-    let me: Value = app
-        .get("/api/v1/users/me", Some(&u.access))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let me: Value = app.get_json("/api/v1/users/me", Some(&u.access)).await;
     assert!(me["permissions"]
         .as_array()
         .unwrap()
@@ -323,12 +294,7 @@ async fn a_password_change_checks_the_old_one_and_ends_every_other_session() {
     assert_eq!(r.status(), 401);
     assert_eq!(app.login(&u.email, &u.password).await.status(), 401);
     assert_eq!(app.login(&u.email, "brand new secret").await.status(), 200);
-    let history: Value = app
-        .get("/api/v1/auth/history", Some(&u.access))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let history: Value = app.get_json("/api/v1/auth/history", Some(&u.access)).await;
     assert!(history["items"]
         .as_array()
         .unwrap()
@@ -374,11 +340,8 @@ async fn disabling_a_user_ends_their_sessions_and_is_idempotent() {
     let r = app.get("/api/v1/users/me", Some(&v.access)).await;
     assert_eq!(problem(r).await, (401, "token_revoked".into()));
     let history: Value = app
-        .get(&format!("{theirs}/history"), Some(&root.access))
-        .await
-        .json()
-        .await
-        .unwrap();
+        .get_json(&format!("{theirs}/history"), Some(&root.access))
+        .await;
     let disabled = history["items"]
         .as_array()
         .unwrap()
@@ -424,25 +387,17 @@ async fn roles_are_assigned_and_removed_idempotently() {
     let root = admin(&app).await;
     let u = app.user().await;
     let editor: Value = app
-        .post(
+        .post_json(
             "/api/v1/roles",
             Some(&root.access),
             json!({"name": "editor", "permissions": ["films_manage"]}),
         )
-        .await
-        .json()
-        .await
-        .unwrap();
+        .await;
     let editor_id = editor["id"].as_str().unwrap();
     let roles_path = format!("/api/v1/users/{}/roles", u.id);
     let one = format!("{roles_path}/{editor_id}");
 
-    let roles: Value = app
-        .get(&roles_path, Some(&u.access))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let roles: Value = app.get_json(&roles_path, Some(&u.access)).await;
     assert_eq!(roles["items"].as_array().unwrap().len(), 1);
     assert_eq!(roles["items"][0]["name"], "user");
     assert_eq!(roles["items"][0]["builtin"], true);
@@ -458,23 +413,15 @@ async fn roles_are_assigned_and_removed_idempotently() {
     let r = app.get("/api/v1/users/me", Some(&u.access)).await;
     assert_eq!(problem(r).await, (401, "token_stale".into()));
     let t: Value = app
-        .post(
+        .post_json(
             "/api/v1/auth/refresh",
             None,
             json!({"refresh_token": u.refresh}),
         )
-        .await
-        .json()
-        .await
-        .unwrap();
+        .await;
     let access = t["access_token"].as_str().unwrap();
     assert_eq!(token_roles(access), json!(["editor", "user"]));
-    let me: Value = app
-        .get("/api/v1/users/me", Some(access))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let me: Value = app.get_json("/api/v1/users/me", Some(access)).await;
     assert_eq!(me["roles"], json!(["editor", "user"]));
     assert!(me["permissions"]
         .as_array()
