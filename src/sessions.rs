@@ -126,14 +126,14 @@ pub async fn login(
         return Err(ApiError::AccountDisabled);
     }
     let (refresh_token, refresh_hash) = tokens::new_refresh_token()?;
-    let tx = db.transaction().await.map_err(store::StoreError::from)?;
+    let tx = db.transaction().await?;
     if let Verified::YesRehash(new_hash) = &verdict {
         store::users::set_password_hash(&tx, user.id, new_hash).await?;
     }
     let ttl = state.config.tokens.refresh_ttl.0.as_secs_f64();
     let session = store::sessions::create(&tx, user.id, ttl, origin, &refresh_hash).await?;
     history::record(&tx, user.id, Event::Login, origin, Some(session)).await?;
-    tx.commit().await.map_err(store::StoreError::from)?;
+    tx.commit().await?;
     let mut clear = redis::pipe();
     clear.cmd("DEL").arg(&key).ignore();
     if let Err(e) = state.kv.run::<()>(&clear).await {
@@ -168,7 +168,7 @@ pub async fn refresh(
     let (new_token, new_hash) = tokens::new_refresh_token()?;
     let cfg = &state.config.tokens;
     let mut db = store::conn(&state.db).await?;
-    let tx = db.transaction().await.map_err(store::StoreError::from)?;
+    let tx = db.transaction().await?;
     let outcome = store::sessions::rotate(
         &tx,
         &old_hash,
@@ -182,7 +182,7 @@ pub async fn refresh(
         Refreshed::Ended => return Err(TokenError::Revoked.into()),
         Refreshed::Reused { session, user } => {
             history::record(&tx, user, Event::SessionRevoked, origin, Some(session)).await?;
-            tx.commit().await.map_err(store::StoreError::from)?;
+            tx.commit().await?;
             tracing::warn!(%session, "refresh token replayed after its grace window; session revoked");
             state.revocation.sessions_revoked(&[session]).await;
             return Err(TokenError::RefreshReused.into());
@@ -196,21 +196,18 @@ pub async fn refresh(
         return Err(TokenError::Revoked.into());
     }
     history::record(&tx, user.id, Event::Refresh, origin, Some(session)).await?;
-    tx.commit().await.map_err(store::StoreError::from)?;
+    tx.commit().await?;
     issue(state, &user, session, new_token)
 }
 
 /// Ends the caller's session.
 pub async fn logout(state: &State, who: &Principal, origin: &Origin) -> Result<(), ApiError> {
     let mut db = store::conn(&state.db).await?;
-    let tx = db.transaction().await.map_err(store::StoreError::from)?;
+    let tx = db.transaction().await?;
     let ended = store::sessions::revoke_one(&tx, who.user, who.session).await?;
     history::record(&tx, who.user, Event::Logout, origin, Some(who.session)).await?;
-    tx.commit().await.map_err(store::StoreError::from)?;
-    state
-        .revocation
-        .sessions_revoked(&ended.into_iter().collect::<Vec<_>>())
-        .await;
+    tx.commit().await?;
+    state.revocation.sessions_revoked(ended.as_slice()).await;
     Ok(())
 }
 
@@ -220,6 +217,7 @@ pub async fn logout_all(state: &State, who: &Principal, origin: &Origin) -> Resu
         state,
         who.user,
         None,
+        None,
         Event::LogoutAll,
         origin,
         Some(who.session),
@@ -227,55 +225,25 @@ pub async fn logout_all(state: &State, who: &Principal, origin: &Origin) -> Resu
     .await
 }
 
-/// Ends every session of `user` but `except`, recording `event`; for logout-all, password
-/// change and disabling.
-pub async fn end_all(
+/// Ends every session of `user` but `except`, recording `event`, in one transaction that
+/// also stores `new_password_hash` when given (so a failure leaves neither half done).
+async fn end_all(
     state: &State,
     user: Uuid,
-    except: Option<Uuid>,
-    event: Event,
-    origin: &Origin,
-    session_for_history: Option<Uuid>,
-) -> Result<(), ApiError> {
-    end_all_with(
-        state,
-        user,
-        Also::Nothing,
-        except,
-        event,
-        origin,
-        session_for_history,
-    )
-    .await
-}
-
-/// A change made in the same transaction that ends a user's sessions, so that a failure
-/// leaves neither half.
-#[derive(Debug)]
-pub enum Also<'a> {
-    /// Only end the sessions.
-    Nothing,
-    /// Store this new password hash.
-    Password(&'a str),
-}
-
-async fn end_all_with(
-    state: &State,
-    user: Uuid,
-    also: Also<'_>,
+    new_password_hash: Option<&str>,
     except: Option<Uuid>,
     event: Event,
     origin: &Origin,
     session_for_history: Option<Uuid>,
 ) -> Result<(), ApiError> {
     let mut db = store::conn(&state.db).await?;
-    let tx = db.transaction().await.map_err(store::StoreError::from)?;
-    if let Also::Password(hash) = also {
+    let tx = db.transaction().await?;
+    if let Some(hash) = new_password_hash {
         store::users::set_password_hash(&tx, user, hash).await?;
     }
     let ended = store::sessions::revoke_all(&tx, user, except).await?;
     history::record(&tx, user, event, origin, session_for_history).await?;
-    tx.commit().await.map_err(store::StoreError::from)?;
+    tx.commit().await?;
     state.revocation.sessions_revoked(&ended).await;
     Ok(())
 }
@@ -298,10 +266,10 @@ pub async fn change_password(
         return Err(ApiError::InvalidCredentials);
     }
     let hash = state.passwords.hash(new_password).await?;
-    end_all_with(
+    end_all(
         state,
         who.user,
-        Also::Password(&hash),
+        Some(&hash),
         Some(who.session),
         Event::PasswordChanged,
         origin,
@@ -319,7 +287,7 @@ pub async fn disable(
     session_for_history: Option<Uuid>,
 ) -> Result<Option<User>, ApiError> {
     let mut db = store::conn(&state.db).await?;
-    let tx = db.transaction().await.map_err(store::StoreError::from)?;
+    let tx = db.transaction().await?;
     let Some(now_disabled) = store::users::disable(&tx, user).await? else {
         return Ok(None);
     };
@@ -328,7 +296,7 @@ pub async fn disable(
         history::record(&tx, user, Event::Disabled, origin, session_for_history).await?;
     }
     let disabled = store::users::by_id(&tx, user).await?;
-    tx.commit().await.map_err(store::StoreError::from)?;
+    tx.commit().await?;
     state.revocation.sessions_revoked(&ended).await;
     Ok(disabled)
 }
@@ -341,12 +309,12 @@ pub async fn end_one(
     origin: &Origin,
 ) -> Result<(), ApiError> {
     let mut db = store::conn(&state.db).await?;
-    let tx = db.transaction().await.map_err(store::StoreError::from)?;
+    let tx = db.transaction().await?;
     let ended = store::sessions::revoke_one(&tx, who.user, session)
         .await?
         .ok_or(ApiError::NotFound)?;
     history::record(&tx, who.user, Event::SessionRevoked, origin, Some(ended)).await?;
-    tx.commit().await.map_err(store::StoreError::from)?;
+    tx.commit().await?;
     state.revocation.sessions_revoked(&[ended]).await;
     Ok(())
 }

@@ -77,9 +77,9 @@ async fn register(state: &State, req: Req) -> Result<Response, ApiError> {
     }
     let hash = state.passwords.hash(body.password).await?;
     let mut db = store::conn(&state.db).await?;
-    let tx = db.transaction().await.map_err(store::StoreError::from)?;
+    let tx = db.transaction().await?;
     let user = users::create(&tx, &email, &hash).await?;
-    tx.commit().await.map_err(store::StoreError::from)?;
+    tx.commit().await?;
     response::json(StatusCode::CREATED, &user)
 }
 

@@ -260,6 +260,12 @@ impl ApiError {
     }
 }
 
+impl From<tokio_postgres::Error> for ApiError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        crate::store::StoreError::from(e).into()
+    }
+}
+
 impl From<crate::store::StoreError> for ApiError {
     fn from(e: crate::store::StoreError) -> Self {
         match e {

@@ -141,7 +141,7 @@ async fn create(state: &State, req: Req) -> Result<Response, ApiError> {
     }
     let grants = normalise(body.permissions);
     let mut db = store::conn(&state.db).await?;
-    let tx = db.transaction().await.map_err(store::StoreError::from)?;
+    let tx = db.transaction().await?;
     known(&tx, &grants).await?;
     let id = store::roles::create(&tx, &body.name, &body.description).await?;
     store::roles::set_permissions(&tx, id, &grants).await?;
@@ -149,7 +149,7 @@ async fn create(state: &State, req: Req) -> Result<Response, ApiError> {
     let role = store::roles::by_id(&tx, id)
         .await?
         .ok_or(ApiError::NotFound)?;
-    tx.commit().await.map_err(store::StoreError::from)?;
+    tx.commit().await?;
     permissions::propagate(state, true, &[]).await;
     response::json(StatusCode::CREATED, &role)
 }
@@ -181,7 +181,7 @@ async fn update(state: &State, id: &str, req: Req) -> Result<Response, ApiError>
     }
     let grants = body.permissions.map(normalise);
     let mut db = store::conn(&state.db).await?;
-    let tx = db.transaction().await.map_err(store::StoreError::from)?;
+    let tx = db.transaction().await?;
     let (current, builtin) = store::roles::lock(&tx, id)
         .await?
         .ok_or(ApiError::NotFound)?;
@@ -215,7 +215,7 @@ async fn update(state: &State, id: &str, req: Req) -> Result<Response, ApiError>
     let role = store::roles::by_id(&tx, id)
         .await?
         .ok_or(ApiError::NotFound)?;
-    tx.commit().await.map_err(store::StoreError::from)?;
+    tx.commit().await?;
     permissions::propagate(state, catalog, &holders).await;
     response::json(StatusCode::OK, &role)
 }
@@ -226,7 +226,7 @@ async fn delete(state: &State, id: &str, req: Req) -> Result<Response, ApiError>
     authorize(state, &req, &["role_delete"]).await?;
     let id = role_id(id)?;
     let mut db = store::conn(&state.db).await?;
-    let tx = db.transaction().await.map_err(store::StoreError::from)?;
+    let tx = db.transaction().await?;
     let (_, builtin) = store::roles::lock(&tx, id)
         .await?
         .ok_or(ApiError::NotFound)?;
@@ -239,7 +239,7 @@ async fn delete(state: &State, id: &str, req: Req) -> Result<Response, ApiError>
     let holders = store::roles::bump_holders(&tx, id).await?;
     store::roles::delete(&tx, id).await?;
     store::roles::bump_catalog(&tx).await?;
-    tx.commit().await.map_err(store::StoreError::from)?;
+    tx.commit().await?;
     permissions::propagate(state, true, &holders).await;
     Ok(response::no_content())
 }

@@ -141,14 +141,14 @@ async fn update(state: &State, id: &str, req: Req) -> Result<Response, ApiError>
         return Err(ApiError::Validation(errors));
     }
     let mut db = store::conn(&state.db).await?;
-    let tx = db.transaction().await.map_err(store::StoreError::from)?;
+    let tx = db.transaction().await?;
     if !store::users::set_email(&tx, user, &email).await? {
         return Err(ApiError::NotFound);
     }
     let user = store::users::by_id(&tx, user)
         .await?
         .ok_or(ApiError::NotFound)?;
-    tx.commit().await.map_err(store::StoreError::from)?;
+    tx.commit().await?;
     response::json(StatusCode::OK, &user)
 }
 
@@ -260,7 +260,7 @@ async fn change_role(
     add: bool,
 ) -> Result<Response, ApiError> {
     let mut db = store::conn(&state.db).await?;
-    let tx = db.transaction().await.map_err(store::StoreError::from)?;
+    let tx = db.transaction().await?;
     // Role before user: the order role changes take too (role, then its holders), so the two
     // never wait on each other in a circle.
     if !store::roles::hold(&tx, role).await? || !store::users::lock(&tx, user).await? {
@@ -271,7 +271,7 @@ async fn change_role(
     } else {
         store::users::remove_role(&tx, user, role).await?
     };
-    tx.commit().await.map_err(store::StoreError::from)?;
+    tx.commit().await?;
     if let Some(rv) = version {
         permissions::propagate(state, false, &[(user, rv)]).await;
     }
