@@ -162,6 +162,10 @@ pub struct Passwords {
     pub parallelism: u32,
     /// Hashes computed at once on the blocking pool; 0 means one per core.
     pub max_concurrent: usize,
+    /// Hashes that may wait for the pool; beyond them login and register answer 503 `busy`.
+    pub max_queue: usize,
+    /// Longest wait for the pool before answering 503 `busy`.
+    pub queue_timeout: Dur,
 }
 
 impl Default for Passwords {
@@ -171,6 +175,8 @@ impl Default for Passwords {
             iterations: 2,
             parallelism: 1,
             max_concurrent: 0,
+            max_queue: 64,
+            queue_timeout: Dur::secs(2),
         }
     }
 }
@@ -183,6 +189,8 @@ pub struct Login {
     pub max_failures: u32,
     /// The counting window.
     pub window: Dur,
+    /// Register and login requests per client IP per minute before 429; 0 turns it off.
+    pub per_ip: u32,
 }
 
 impl Default for Login {
@@ -190,6 +198,7 @@ impl Default for Login {
         Login {
             max_failures: 10,
             window: Dur::secs(600),
+            per_ip: 60,
         }
     }
 }

@@ -6,6 +6,7 @@
 //! - `cli` — the `usher` command line.
 //! - `config` — figment layers: defaults, `usher.toml`, legacy and `USHER_*` variables.
 //! - `http` — listeners, routing, problem details, one file per resource.
+//! - `attempts` — login limits: attempts per account reserved before hashing, per client IP.
 //! - `sessions` — login, refresh (rotation, grace, reuse), logout, session ends.
 //! - `guard` — bearer token → `Principal`, through the verified-token cache.
 //! - `tokens` — JWT signing and verification, keys, JWKS, refresh tokens.
@@ -20,6 +21,7 @@
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod attempts;
 pub mod cli;
 pub mod config;
 pub mod feed;

@@ -6,6 +6,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::app::State;
+use crate::attempts::{self, Subject};
 use crate::guard::Principal;
 use crate::http::error::{ApiError, TokenError};
 use crate::passwords::Verified;
@@ -48,111 +49,116 @@ fn issue(
     })
 }
 
-fn failures_key(state: &State, email: &str) -> String {
-    let digest = ring::digest::digest(&ring::digest::SHA256, email.to_lowercase().as_bytes());
-    let hex: String = digest.as_ref()[..16]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    state.kv.key(format_args!("fail:{hex}"))
-}
-
-/// Seconds to wait when `email` has used up its failures, from Redis; `Err` when Redis
-/// cannot answer.
-async fn locked_for(state: &State, key: &str) -> Result<Option<u64>, ()> {
-    let mut pipe = redis::pipe();
-    pipe.cmd("GET").arg(key).cmd("TTL").arg(key);
-    let (count, ttl): (Option<u32>, i64) = state.kv.run(&pipe).await.map_err(|_| ())?;
-    Ok(match count {
-        Some(n) if n >= state.config.login.max_failures => Some(ttl.max(1) as u64),
-        _ => None,
-    })
-}
-
-/// Logs in: a new session and its tokens.
+/// Logs in: a new session and its tokens. The client's address and then the account's
+/// attempts are counted before the password is hashed; no database connection is held while
+/// the hash waits or runs.
 pub async fn login(
     state: &State,
     email: &str,
     password: String,
     origin: &Origin,
 ) -> Result<Issued, ApiError> {
-    let key = failures_key(state, email);
-    let window = state.config.login.window.0;
-    let redis_counts = match locked_for(state, &key).await {
-        Ok(Some(wait)) => return Err(ApiError::TooManyAttempts(wait)),
-        Ok(None) => true,
-        Err(()) => false,
+    attempts::per_ip(state, origin).await?;
+    let found = {
+        let db = store::conn(&state.db).await?;
+        store::users::credentials(&db, email).await?
     };
-    let mut db = store::conn(&state.db).await?;
-    let found = store::users::credentials(&db, email).await?;
-    if !redis_counts {
-        // Redis is down: count this user's recent failures in the history instead.
-        if let Some(c) = &found {
-            let n = history::recent_failures(&db, c.user.id, window.as_secs_f64()).await?;
-            if n >= i64::from(state.config.login.max_failures) {
-                return Err(ApiError::TooManyAttempts(window.as_secs().max(1)));
-            }
-        }
-    }
-    let verdict = state
-        .passwords
-        .verify(
-            password.clone(),
-            found.as_ref().map(|c| c.password_hash.clone()),
-        )
-        .await?;
-    let Some(found) = found else {
-        count_failure(state, &key).await;
-        return Err(ApiError::InvalidCredentials);
+    let subject = match &found {
+        Some(c) => Subject::Account(c.user.id),
+        None => Subject::Email(email),
     };
-    let user = found.user;
-    if verdict == Verified::No {
-        count_failure(state, &key).await;
-        // Recorded off the response path, so that a wrong password for a known e-mail takes
-        // the same time as an unknown e-mail.
-        let (pool, user_id, origin) = (state.db.clone(), user.id, origin.clone());
-        tokio::spawn(async move {
-            let recorded = match store::conn(&pool).await {
-                Ok(db) => history::record(&db, user_id, Event::LoginFailed, &origin, None).await,
-                Err(e) => Err(e),
-            };
-            if let Err(e) = recorded {
-                tracing::warn!(error = %e, "failed login not recorded");
-            }
-        });
-        return Err(ApiError::InvalidCredentials);
+    let attempt = attempts::reserve(state, &subject).await?;
+    let outcome = authenticate(state, found, password, origin).await;
+    match &outcome {
+        Ok(_) | Err(ApiError::AccountDisabled) => attempt.forgive(state).await,
+        // A wrong password: the attempt stays counted.
+        Err(ApiError::InvalidCredentials) => {}
+        // Never judged (busy, an outage): it does not count.
+        Err(_) => attempt.release(state).await,
     }
-    if user.disabled {
-        return Err(ApiError::AccountDisabled);
-    }
-    let (refresh_token, refresh_hash) = tokens::new_refresh_token()?;
-    let tx = db.transaction().await?;
-    if let Verified::YesRehash(new_hash) = &verdict {
-        store::users::set_password_hash(&tx, user.id, new_hash).await?;
-    }
-    let ttl = state.config.tokens.refresh_ttl.0.as_secs_f64();
-    let session = store::sessions::create(&tx, user.id, ttl, origin, &refresh_hash).await?;
-    history::record(&tx, user.id, Event::Login, origin, Some(session)).await?;
-    tx.commit().await?;
-    let mut clear = redis::pipe();
-    clear.cmd("DEL").arg(&key).ignore();
-    if let Err(e) = state.kv.run::<()>(&clear).await {
-        tracing::debug!(error = %e, "login-failure counter not cleared");
-    }
-    issue(state, &user, session, refresh_token)
+    outcome
 }
 
-async fn count_failure(state: &State, key: &str) {
-    let mut pipe = redis::pipe();
-    pipe.cmd("INCR").arg(key).ignore();
-    pipe.cmd("EXPIRE")
-        .arg(key)
-        .arg(state.config.login.window.0.as_secs().max(1))
-        .arg("NX")
-        .ignore();
-    if let Err(e) = state.kv.run::<()>(&pipe).await {
-        tracing::warn!(error = %e, "login failure not counted in Redis");
+/// How many times a login verifies again when the stored hash changed under it (another
+/// login's rehash, or a password change) before giving up as busy.
+const LOGIN_ROUNDS: usize = 3;
+
+/// Verifies `password` and opens the session. The hash is verified outside any transaction;
+/// the transaction that creates the session then locks the user's row and proceeds only if
+/// the hash is still the one verified and the user not disabled. A password change or disable
+/// that committed in between therefore wins: the login verifies against the new hash (and so
+/// fails for the old password) or answers `account_disabled`. One that commits after sees the
+/// new session and ends it.
+async fn authenticate(
+    state: &State,
+    found: Option<store::users::Credentials>,
+    password: String,
+    origin: &Origin,
+) -> Result<Issued, ApiError> {
+    let Some(found) = found else {
+        // Unknown e-mail: hashed against the dummy, so it costs what a wrong password does.
+        state.passwords.verify(password, None).await?;
+        return Err(ApiError::InvalidCredentials);
+    };
+    let user_id = found.user.id;
+    let mut hash = found.password_hash;
+    for _ in 0..LOGIN_ROUNDS {
+        let verdict = state
+            .passwords
+            .verify(password.clone(), Some(hash.clone()))
+            .await?;
+        if verdict == Verified::No {
+            record_failure(state, user_id, origin);
+            return Err(ApiError::InvalidCredentials);
+        }
+        let (refresh_token, refresh_hash) = tokens::new_refresh_token()?;
+        let mut db = store::conn(&state.db).await?;
+        let tx = db.transaction().await?;
+        let rehash = match &verdict {
+            Verified::YesRehash(new_hash) => Some(new_hash),
+            _ => None,
+        };
+        let Some((current, disabled)) =
+            store::users::lock_for_login(&tx, user_id, rehash.is_some()).await?
+        else {
+            return Err(ApiError::InvalidCredentials);
+        };
+        if current != hash {
+            hash = current;
+            continue;
+        }
+        if disabled {
+            return Err(ApiError::AccountDisabled);
+        }
+        if let Some(new_hash) = rehash {
+            store::users::set_password_hash(&tx, user_id, new_hash).await?;
+        }
+        let ttl = state.config.tokens.refresh_ttl.0.as_secs_f64();
+        let session = store::sessions::create(&tx, user_id, ttl, origin, &refresh_hash).await?;
+        history::record(&tx, user_id, Event::Login, origin, Some(session)).await?;
+        let user = store::users::by_id(&tx, user_id)
+            .await?
+            .ok_or(ApiError::InvalidCredentials)?;
+        tx.commit().await?;
+        return issue(state, &user, session, refresh_token);
     }
+    tracing::warn!(user = %user_id, "the password hash kept changing during a login");
+    Err(ApiError::Busy(1))
+}
+
+/// Records a failed login off the response path, so that a wrong password for a known e-mail
+/// takes the same time as an unknown e-mail.
+fn record_failure(state: &State, user_id: Uuid, origin: &Origin) {
+    let (pool, origin) = (state.db.clone(), origin.clone());
+    tokio::spawn(async move {
+        let recorded = match store::conn(&pool).await {
+            Ok(db) => history::record(&db, user_id, Event::LoginFailed, &origin, None).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = recorded {
+            tracing::warn!(error = %e, "failed login not recorded");
+        }
+    });
 }
 
 /// Exchanges a refresh token for new tokens.
@@ -226,7 +232,9 @@ pub async fn logout_all(state: &State, who: &Principal, origin: &Origin) -> Resu
 }
 
 /// Ends every session of `user` but `except`, recording `event`, in one transaction that
-/// also stores `new_password_hash` when given (so a failure leaves neither half done).
+/// also stores `new_password_hash` when given (so a failure leaves neither half done). The
+/// user's row is locked first, as disable does, so a login that is creating a session either
+/// commits before (and its session ends here) or re-checks after (and sees the new hash).
 async fn end_all(
     state: &State,
     user: Uuid,
@@ -238,6 +246,9 @@ async fn end_all(
 ) -> Result<(), ApiError> {
     let mut db = store::conn(&state.db).await?;
     let tx = db.transaction().await?;
+    if !store::users::lock(&tx, user).await? {
+        return Err(ApiError::NotFound);
+    }
     if let Some(hash) = new_password_hash {
         store::users::set_password_hash(&tx, user, hash).await?;
     }

@@ -66,7 +66,8 @@ pub fn valid_password(field: &str, password: &str, errors: &mut Vec<FieldError>)
     }
 }
 
-/// `POST /api/v1/auth/register` — anyone. 201 with the user.
+/// `POST /api/v1/auth/register` — anyone. 201 with the user. Counted against the client's
+/// per-IP limit; the hash waits in the bounded queue (503 `busy` past it).
 async fn register(state: &State, req: Req) -> Result<Response, ApiError> {
     let body: Credentials = req.json()?;
     let mut errors = Vec::new();
@@ -75,6 +76,7 @@ async fn register(state: &State, req: Req) -> Result<Response, ApiError> {
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
+    crate::attempts::per_ip(state, &req.origin()).await?;
     let hash = state.passwords.hash(body.password).await?;
     let mut db = store::conn(&state.db).await?;
     let tx = db.transaction().await?;

@@ -73,6 +73,9 @@ pub enum ApiError {
     /// 429 `too_many_attempts`, retry after so many seconds.
     #[error("too many attempts")]
     TooManyAttempts(u64),
+    /// 503 `busy`: the password-hashing queue is full; retry after so many seconds.
+    #[error("busy")]
+    Busy(u64),
     /// 503 `unavailable`: PostgreSQL or Redis (or both) cannot answer.
     #[error("unavailable: {0}")]
     Unavailable(String),
@@ -156,7 +159,7 @@ impl ApiError {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
             ApiError::TooManyAttempts(_) => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Busy(_) | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -179,6 +182,7 @@ impl ApiError {
             ApiError::Validation(_) => "validation_failed",
             ApiError::UnknownPermission(_) => "unknown_permission",
             ApiError::TooManyAttempts(_) => "too_many_attempts",
+            ApiError::Busy(_) => "busy",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
         }
@@ -201,7 +205,10 @@ impl ApiError {
             ApiError::Validation(_) => "Some fields are invalid.".into(),
             ApiError::UnknownPermission(name) => format!("There is no permission `{name}`."),
             ApiError::TooManyAttempts(secs) => {
-                format!("Too many failed logins; try again in {secs} s.")
+                format!("Too many login attempts; try again in {secs} s.")
+            }
+            ApiError::Busy(secs) => {
+                format!("Too many logins are being checked at once; try again in {secs} s.")
             }
             // The cause is logged; the client learns only which kind of outage it is.
             ApiError::Unavailable(_) => "A backing service is unavailable; try again.".into(),
@@ -248,7 +255,7 @@ impl ApiError {
                 };
                 headers.insert(WWW_AUTHENTICATE, value);
             }
-            ApiError::TooManyAttempts(secs) => {
+            ApiError::TooManyAttempts(secs) | ApiError::Busy(secs) => {
                 headers.insert(RETRY_AFTER, HeaderValue::from(*secs));
             }
             ApiError::Unavailable(_) => {
@@ -263,6 +270,15 @@ impl ApiError {
 impl From<tokio_postgres::Error> for ApiError {
     fn from(e: tokio_postgres::Error) -> Self {
         crate::store::StoreError::from(e).into()
+    }
+}
+
+impl From<crate::passwords::HashError> for ApiError {
+    fn from(e: crate::passwords::HashError) -> Self {
+        match e {
+            crate::passwords::HashError::Busy(secs) => ApiError::Busy(secs),
+            crate::passwords::HashError::Failed(e) => ApiError::Internal(e),
+        }
     }
 }
 

@@ -129,19 +129,3 @@ pub async fn page(
         .collect();
     Ok((items, total))
 }
-
-/// Failed logins of a user within the window and after the last success: the fallback
-/// counter when Redis is down.
-pub async fn recent_failures(db: &impl GenericClient, user: Uuid, window_secs: f64) -> Result<i64> {
-    let row = db
-        .query_one(
-            "select count(*) from login_history
-             where user_id = $1 and event = 'login_failed'
-               and at > now() - make_interval(secs => $2)
-               and at > coalesce((select max(at) from login_history
-                                  where user_id = $1 and event = 'login'), '-infinity')",
-            &[&user, &window_secs],
-        )
-        .await?;
-    Ok(row.get(0))
-}

@@ -8,7 +8,13 @@ use uuid::Uuid;
 use crate::permissions::{BUILTIN_PERMISSIONS, BUILTIN_ROLES, USER_ROLE_GRANTS};
 
 /// `(version, sql)`, in order.
-const MIGRATIONS: &[(&str, &str)] = &[("0001_init", include_str!("../../sql/0001_init.sql"))];
+const MIGRATIONS: &[(&str, &str)] = &[
+    ("0001_init", include_str!("../../sql/0001_init.sql")),
+    (
+        "0002_login_limits",
+        include_str!("../../sql/0002_login_limits.sql"),
+    ),
+];
 
 /// Any constant; the same for every usher.
 const LOCK_KEY: i64 = 0x0075_7368_6572; // "usher"
@@ -46,6 +52,13 @@ pub async fn migrate(pool: &Pool) -> anyhow::Result<Vec<&'static str>> {
         )
         .await?;
         applied.push(*version);
+    }
+    // The canonical form is computed in Rust, so SQL cannot fill it for existing users.
+    let clashes = super::users::fill_canonical_emails(&tx)
+        .await
+        .context("filling canonical e-mails")?;
+    for id in clashes {
+        tracing::warn!(user = %id, "an older account has the same canonical e-mail; this one cannot log in by e-mail until its e-mail is changed");
     }
     tx.commit().await?;
     Ok(applied)

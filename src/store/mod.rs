@@ -1,6 +1,7 @@
 //! PostgreSQL: the pool, migrations, and one file per table family. SQL lives here and
 //! nowhere else; errors are mapped once, here, to what the API needs to tell apart.
 
+pub mod attempts;
 pub mod history;
 pub mod keys;
 pub mod migrate;

@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
 use serde::Serialize;
 use tokio_postgres::Row;
+use unicode_normalization::UnicodeNormalization;
 use uuid::Uuid;
 
 use super::Result;
@@ -35,6 +36,30 @@ pub struct Credentials {
     pub password_hash: String,
 }
 
+/// The one form of an e-mail by which usher stores, looks up and counts it: trimmed, NFC, and
+/// each character lowercased by its one-character (simple) Unicode mapping, final sigma as
+/// sigma. Simple rather than Rust's full mapping because the full one turns `İ` into `i` plus
+/// a combining dot, so `vİctim@` would differ from `victim@`; NFC before and after so that
+/// composed and decomposed spellings of one letter are one address.
+pub fn canonical_email(email: &str) -> String {
+    email
+        .trim()
+        .nfc()
+        .map(|c| match c {
+            '\u{130}' => 'i',
+            'ς' => 'σ',
+            c => {
+                let mut lower = c.to_lowercase();
+                match (lower.next(), lower.next()) {
+                    (Some(one), None) => one,
+                    _ => c,
+                }
+            }
+        })
+        .nfc()
+        .collect()
+}
+
 /// Selects a user with its roles; `where` is appended.
 const SELECT: &str =
     "select u.id, u.email, u.disabled, u.created_at, u.roles_version, u.password_hash,
@@ -60,8 +85,8 @@ impl From<&Row> for User {
 pub async fn create(db: &impl GenericClient, email: &str, password_hash: &str) -> Result<User> {
     let id = Uuid::new_v4();
     db.execute(
-        "insert into users (id, email, password_hash) values ($1, $2, $3)",
-        &[&id, &email, &password_hash],
+        "insert into users (id, email, email_canonical, password_hash) values ($1, $2, $3, $4)",
+        &[&id, &email, &canonical_email(email), &password_hash],
     )
     .await?;
     db.execute(
@@ -81,12 +106,12 @@ pub async fn by_id(db: &impl GenericClient, id: Uuid) -> Result<Option<User>> {
     Ok(db.query_opt(&stmt, &[&id]).await?.as_ref().map(User::from))
 }
 
-/// A user and password hash by e-mail, compared case-insensitively.
+/// A user and password hash by e-mail, compared in canonical form.
 pub async fn credentials(db: &impl GenericClient, email: &str) -> Result<Option<Credentials>> {
-    let sql = format!("{SELECT} where lower(u.email) = lower($1) group by u.id");
+    let sql = format!("{SELECT} where u.email_canonical = $1 group by u.id");
     let stmt = db.prepare_cached(&sql).await?;
     Ok(db
-        .query_opt(&stmt, &[&email])
+        .query_opt(&stmt, &[&canonical_email(email)])
         .await?
         .map(|row| Credentials {
             user: User::from(&row),
@@ -100,6 +125,27 @@ pub async fn password_hash(db: &impl GenericClient, id: Uuid) -> Result<Option<S
         .prepare_cached("select password_hash from users where id = $1")
         .await?;
     Ok(db.query_opt(&stmt, &[&id]).await?.map(|r| r.get(0)))
+}
+
+/// What a login re-checks inside the transaction that creates its session: the password hash
+/// and whether the user is disabled, with the row locked so that a password change or a
+/// disable (which lock it `for update`) is ordered before or after the login, never beside it.
+/// `writes`: the login will store a new hash, so it takes the stronger lock up front.
+pub async fn lock_for_login(
+    db: &impl GenericClient,
+    id: Uuid,
+    writes: bool,
+) -> Result<Option<(String, bool)>> {
+    let sql = if writes {
+        "select password_hash, disabled from users where id = $1 for no key update"
+    } else {
+        "select password_hash, disabled from users where id = $1 for share"
+    };
+    let stmt = db.prepare_cached(sql).await?;
+    Ok(db
+        .query_opt(&stmt, &[&id])
+        .await?
+        .map(|r| (r.get(0), r.get(1))))
 }
 
 /// Stores a new password hash.
@@ -168,8 +214,8 @@ pub async fn page(
 pub async fn set_email(db: &impl GenericClient, id: Uuid, email: &str) -> Result<bool> {
     let n = db
         .execute(
-            "update users set email = $2, updated_at = now() where id = $1",
-            &[&id, &email],
+            "update users set email = $2, email_canonical = $3, updated_at = now() where id = $1",
+            &[&id, &email, &canonical_email(email)],
         )
         .await?;
     Ok(n == 1)
@@ -256,4 +302,66 @@ pub async fn add_role_named(
         .await?
         .ok_or_else(|| super::StoreError::Other(anyhow::anyhow!("no role named {role}")))?;
     add_role(db, user, row.get(0)).await
+}
+
+/// Fills the canonical e-mail of users that have none (those from before the column, oldest
+/// first). A user whose canonical e-mail an older account already has keeps none, and so cannot
+/// log in by e-mail until their e-mail is changed: their ids are returned, to be reported.
+pub async fn fill_canonical_emails(db: &impl GenericClient) -> Result<Vec<Uuid>> {
+    let rows = db
+        .query(
+            "select id, email from users where email_canonical is null order by created_at, id",
+            &[],
+        )
+        .await?;
+    let mut clashes = Vec::new();
+    for row in rows {
+        let id: Uuid = row.get(0);
+        let canonical = canonical_email(row.get(1));
+        let n = db
+            .execute(
+                "update users set email_canonical = $2 where id = $1
+                 and not exists (select 1 from users where email_canonical = $2)",
+                &[&id, &canonical],
+            )
+            .await?;
+        if n == 0 {
+            clashes.push(id);
+        }
+    }
+    Ok(clashes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::canonical_email;
+
+    #[test]
+    fn case_variants_of_an_email_are_one_address() {
+        let victim = canonical_email("victim@cinema.example");
+        for variant in [
+            "  Victim@Cinema.EXAMPLE ",
+            "v\u{130}ctim@cinema.example",
+            "VI\u{307}CTIM@cinema.example",
+            "V\u{130}CTIM@CINEMA.example",
+        ] {
+            assert_eq!(canonical_email(variant), victim, "{variant:?}");
+        }
+    }
+
+    #[test]
+    fn composed_and_decomposed_letters_and_final_sigma_are_one_address() {
+        assert_eq!(
+            canonical_email("E\u{301}LODIE@x"),
+            canonical_email("\u{e9}lodie@x")
+        );
+        assert_eq!(canonical_email("\u{c9}lodie@x"), "\u{e9}lodie@x");
+        assert_eq!(canonical_email("ΟΔΟΣ@x"), canonical_email("οδος@x"));
+    }
+
+    #[test]
+    fn different_letters_stay_different() {
+        assert_ne!(canonical_email("cafe@x"), canonical_email("caf\u{e9}@x"));
+        assert_ne!(canonical_email("a@x"), canonical_email("b@x"));
+    }
 }

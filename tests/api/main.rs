@@ -9,6 +9,7 @@ mod cli;
 mod faults;
 mod gateway;
 mod helpers;
+mod login_limits;
 mod roles;
 mod security;
 mod users;
