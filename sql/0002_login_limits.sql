@@ -5,6 +5,8 @@
 alter table users add column email_canonical text;
 drop index users_email_key;
 create unique index users_email_key on users (email_canonical);
+-- Finds the users still to fill cheaply: usher looks for them at every start.
+create index users_email_canonical_missing on users (id) where email_canonical is null;
 
 -- Login attempts counted here while Redis is down: one row per account or unknown e-mail,
 -- reserved before the password is hashed.
