@@ -402,11 +402,15 @@ impl ConfigError {
                     Kind::InvalidValue(Actual::Signed(n), _) if *n < 0 => {
                         format!("{n} is negative: it must be greater than zero")
                     }
+                    Kind::UnknownField(_, known) => {
+                        format!("not a configuration key (known here: {})", known.join(", "))
+                    }
                     kind => kind.to_string(),
                 };
                 let source = e
                     .metadata
                     .as_ref()
+                    .filter(|md| !md.name.is_empty())
                     .map(|md| format!(" (set by {})", source_name(md, &path)))
                     .unwrap_or_default();
                 if path.is_empty() {

@@ -9,6 +9,7 @@ mod cli;
 mod faults;
 mod gateway;
 mod helpers;
+mod operations;
 mod roles;
 mod security;
 mod users;
