@@ -87,11 +87,12 @@ async fn register(state: &State, req: Req) -> Result<Response, ApiError> {
 /// `POST /api/v1/auth/login` — anyone. 200 with tokens.
 async fn login(state: &State, req: Req) -> Result<Response, ApiError> {
     let body: Credentials = req.json()?;
-    if body.email.chars().count() > 254 || body.password.chars().count() > 128 {
+    let issued = if body.email.chars().count() > 254 || body.password.chars().count() > 128 {
         // Too long to be anyone's: same answer as a wrong password, without hashing 64 KiB.
-        return Err(ApiError::InvalidCredentials);
-    }
-    let issued = sessions::login(state, body.email.trim(), body.password, &req.origin()).await;
+        Err(ApiError::InvalidCredentials)
+    } else {
+        sessions::login(state, body.email.trim(), body.password, &req.origin()).await
+    };
     let outcome = match &issued {
         Ok(_) => Some(LoginOutcome::Success),
         Err(ApiError::InvalidCredentials | ApiError::AccountDisabled) => {
