@@ -282,6 +282,11 @@ async fn sigterm_drains_readiness_first_then_exits_zero() {
     let internal = served.internal_url("/healthz");
     let (ok, stderr) = served.wait_exit().await;
     assert!(ok, "exit 0 after the drain: {stderr}");
+    assert!(stderr.contains("draining"), "{stderr}");
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "text logs into a pipe carry no colour codes: {stderr}"
+    );
     assert!(client.get(internal).send().await.is_err());
 }
 
