@@ -1,7 +1,7 @@
 //! The command line: `serve`, `migrate`, `roles create`, `superuser create`, `keys rotate`,
-//! `routes check`, `config`.
+//! `routes check`, `config`, `healthcheck`.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -60,6 +60,9 @@ pub enum Command {
     },
     /// Print the effective configuration, secrets masked.
     Config,
+    /// Ask this usher's internal listener for `/readyz`: exit 0 when ready or degraded, 1
+    /// otherwise. For container health checks; needs no curl.
+    Healthcheck,
 }
 
 /// `usher routes ...`.
@@ -104,7 +107,8 @@ pub enum RolesCommand {
 pub enum SuperuserCommand {
     /// Create a user holding `superuser`, or give an existing user that role (idempotent).
     /// Without `--email`, asks for e-mail and password; with it, the password of a new user
-    /// comes from `USHER_SUPERUSER_PASSWORD` or else one line of stdin. An existing user keeps
+    /// comes from `USHER_SUPERUSER_PASSWORD`, the file `USHER_SUPERUSER_PASSWORD_FILE` names,
+    /// or else one line of stdin. An existing user keeps
     /// their password.
     Create {
         /// The superuser's e-mail.
@@ -130,6 +134,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         return routes_check(file, probe);
     }
     let config = Config::load(cli.config.as_deref()).context("invalid configuration")?;
+    if let Command::Healthcheck = cli.command {
+        return healthcheck(&config).await;
+    }
     init_logging(&config);
     match cli.command {
         Command::Serve => {
@@ -177,7 +184,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("new signing key {kid}");
             Ok(())
         }
-        Command::Routes { .. } => Ok(()),
+        Command::Routes { .. } | Command::Healthcheck => Ok(()),
         Command::Config => {
             print!("{}", toml::to_string(&config.masked())?);
             Ok(())
@@ -231,6 +238,37 @@ async fn change_grants(
     announce(config, "c").await;
     let verb = if grant { "granted to" } else { "revoked from" };
     println!("{} {verb} {role}", permissions.join(", "));
+    Ok(())
+}
+
+/// `usher healthcheck`: one `GET /readyz` to the configured internal address (127.0.0.1 or
+/// ::1 when it is bound to every interface), with a bounded wait.
+async fn healthcheck(config: &Config) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut addr = config.listen.internal;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let ask = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        let request = format!("GET /readyz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        let mut answer = Vec::new();
+        stream.take(64 * 1024).read_to_end(&mut answer).await?;
+        std::io::Result::Ok(answer)
+    };
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(5), ask)
+        .await
+        .map_err(|_| anyhow::anyhow!("{addr} did not answer within 5s"))?
+        .with_context(|| format!("asking {addr} for /readyz"))?;
+    let answer = String::from_utf8_lossy(&answer);
+    let status = answer.split(' ').nth(1).unwrap_or_default();
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b.trim());
+    anyhow::ensure!(status == "200", "not ready: {status} {body}");
+    println!("{body}");
     Ok(())
 }
 
@@ -347,18 +385,35 @@ fn prompt_line(prompt: &str) -> anyhow::Result<String> {
     Ok(line.trim().to_owned())
 }
 
-/// Asks twice for a new password without echoing it.
+/// Asks twice for a new password without echoing it: on a terminal with echo off; from
+/// anything else (a pipe, a file) two lines are read and nothing of them is written.
 fn prompt_new_password() -> anyhow::Result<String> {
-    let first = rpassword::prompt_password("Password: ").context("reading the password")?;
-    let second = rpassword::prompt_password("Repeat password: ").context("reading the password")?;
+    let ask = |prompt: &str| -> anyhow::Result<String> {
+        if std::io::stdin().is_terminal() {
+            return rpassword::prompt_password(prompt).context("reading the password");
+        }
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .context("reading the password from stdin")?;
+        Ok(line.trim_end_matches(['\n', '\r']).to_owned())
+    };
+    let first = ask("Password: ")?;
+    let second = ask("Repeat password: ")?;
     if first != second {
         anyhow::bail!("the passwords do not match");
     }
     Ok(first)
 }
 
-/// `USHER_SUPERUSER_PASSWORD`, or else one line of stdin (its line ending dropped, spaces kept).
+/// `USHER_SUPERUSER_PASSWORD`, the file `USHER_SUPERUSER_PASSWORD_FILE` names, or else one
+/// line of stdin (its line ending dropped, spaces kept).
 fn password_from_env_or_stdin() -> anyhow::Result<String> {
+    if let Some((_, password)) =
+        crate::config::secret_from_env(SUPERUSER_PASSWORD_VAR).map_err(anyhow::Error::msg)?
+    {
+        return Ok(password);
+    }
     if let Ok(password) = std::env::var(SUPERUSER_PASSWORD_VAR) {
         return Ok(password);
     }
@@ -384,9 +439,12 @@ fn init_logging(config: &Config) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, never into files or log pipelines.
+        .with_ansi(std::io::stderr().is_terminal());
     let _ = match config.log.format {
-        LogFormat::Json => builder.json().try_init(),
+        // Fields at the top level of each object, as log shippers expect.
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.try_init(),
     };
 }

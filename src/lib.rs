@@ -17,6 +17,7 @@
 //! - `routes` — the gateway route map: parse, validate, normalise, match, reload.
 //! - `kv` — the Redis handle.
 //! - `metrics` — Prometheus counters and histograms.
+//! - `retention` — background pruning of expired sessions and old login history.
 //! - `store` — PostgreSQL: pool, migrations, one file per table family.
 #![forbid(unsafe_code)]
 
@@ -31,6 +32,7 @@ pub mod kv;
 pub mod metrics;
 pub mod passwords;
 pub mod permissions;
+pub mod retention;
 pub mod revocation;
 pub mod routes;
 pub mod sessions;

@@ -219,7 +219,7 @@ async fn metrics_count_requests_and_report_health() {
         "usher_http_requests_total{endpoint=\"/api/v1/users/me\",status=\"200\"} 1",
         "usher_http_requests_total{endpoint=\"unmatched\",status=\"404\"} 1",
         "usher_http_request_duration_seconds_count",
-        "usher_db_pool_max 4",
+        "usher_db_pool_max_connections 4",
         "usher_redis_up 1",
         "usher_change_feed_up 1",
         "usher_token_cache_hits_total",

@@ -10,6 +10,7 @@ mod faults;
 mod gateway;
 mod helpers;
 mod login_limits;
+mod operations;
 mod roles;
 mod security;
 mod users;
