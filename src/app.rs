@@ -131,6 +131,10 @@ impl Application {
         let grace = self.state.config.listen.shutdown_grace.0;
         tracing::info!(api = %self.api_addr(), internal = %self.internal_addr(), "usher listening");
         let feed = tokio::spawn(feed::run(self.state.clone(), stopped.clone()));
+        let mender = {
+            let (state, stopped) = (self.state.clone(), stopped.clone());
+            tokio::spawn(async move { state.revocation.mend(stopped).await })
+        };
         let reloader = self.spawn_route_reloader();
         let api = tokio::spawn(http::serve(
             self.api,
@@ -150,7 +154,7 @@ impl Application {
         tracing::info!("shutting down");
         let _ = stop.send(true);
         reloader.abort();
-        let _ = tokio::join!(api, internal, feed);
+        let _ = tokio::join!(api, internal, feed, mender);
         Ok(())
     }
 

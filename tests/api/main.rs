@@ -9,6 +9,7 @@ mod cli;
 mod faults;
 mod gateway;
 mod helpers;
+mod revocation;
 mod roles;
 mod security;
 mod users;
