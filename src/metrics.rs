@@ -171,6 +171,8 @@ pub struct Health {
     pub redis_up: bool,
     /// The change feed is subscribed.
     pub feed_up: bool,
+    /// Changes not yet written to Redis.
+    pub pending: usize,
 }
 
 impl Metrics {
@@ -289,6 +291,13 @@ impl Metrics {
             "gauge",
             u64::from(health.feed_up),
         );
+        gauge(
+            &mut out,
+            "usher_revocation_pending",
+            "Revocations and roles changes not yet written to Redis (retried; PostgreSQL decides meanwhile).",
+            "gauge",
+            health.pending as u64,
+        );
         out
     }
 }
@@ -348,6 +357,7 @@ mod tests {
             pool_max: 16,
             redis_up: true,
             feed_up: true,
+            pending: 0,
         });
         assert!(
             text.contains(

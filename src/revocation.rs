@@ -313,6 +313,11 @@ impl Revocation {
         self.redis_behind.load(Ordering::Acquire)
     }
 
+    /// How many changes wait for Redis.
+    pub fn pending(&self) -> usize {
+        self.lock_pending().changes.len()
+    }
+
     async fn fetch(&self, session: Uuid, user: Uuid) -> Result<(bool, i64), Unavailable> {
         if !self.redis_is_behind() {
             match self.ask_redis(session, user).await {

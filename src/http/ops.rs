@@ -69,6 +69,7 @@ pub async fn metrics(state: &State) -> Response {
         pool_max: pool.max_size,
         redis_up: state.kv.ping().await,
         feed_up: state.revocation.feed_is_up(),
+        pending: state.revocation.pending(),
     };
     with_type(
         full(StatusCode::OK, state.metrics.render(&health)),

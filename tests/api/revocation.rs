@@ -288,6 +288,11 @@ async fn a_logout_redis_has_no_memory_for_is_never_taken_for_valid() {
         assert_eq!(code(app, &u.access).await, "token_revoked");
         assert_eq!(code(app, &fine.access).await, "ok");
     }
+    assert_eq!(
+        a.state.revocation.pending(),
+        1,
+        "the logout waits for Redis"
+    );
 
     // Memory again: the retry lands, the mirror is whole, and still nothing comes back.
     let _: () = redis::cmd("CONFIG")
@@ -300,6 +305,7 @@ async fn a_logout_redis_has_no_memory_for_is_never_taken_for_valid() {
         eventually(Duration::from_secs(5), || async { marked(&a, "s", &sid) }).await,
         "the retried mark should reach Redis"
     );
+    assert_eq!(a.state.revocation.pending(), 0);
     outlive_the_caches().await;
     for app in [&a, &b] {
         assert_eq!(code(app, &u.access).await, "token_revoked");
