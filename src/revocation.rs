@@ -713,14 +713,29 @@ impl Revocation {
                 .ignore();
         }
         for (uid, rv) in users {
-            pipe.cmd("HSET")
+            pipe.cmd("EVAL")
+                .arg(RAISE)
+                .arg(1)
                 .arg(self.bucket(*uid))
                 .arg(format!("u:{uid}"))
-                .arg(format!("{rv} {expires}"))
+                .arg(rv)
+                .arg(expires)
                 .ignore();
         }
     }
 }
+
+/// Sets a roles version mark unless it holds a higher one already: replicas' writes of two
+/// quick changes may land out of order, and a lowered mark would let tokens of the older
+/// roles pass once caches expire.
+const RAISE: &str = r"
+local current = redis.call('HGET', KEYS[1], ARGV[1])
+if current and tonumber(string.match(current, '^%-?%d+')) >= tonumber(ARGV[2]) then
+  return 0
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ' ' .. ARGV[3])
+return 1
+";
 
 #[cfg(test)]
 mod tests {

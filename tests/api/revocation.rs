@@ -342,3 +342,22 @@ async fn expired_marks_are_pruned_and_live_ones_kept() {
     assert!(!kept, "a mark past its token lifetime should be dropped");
     assert!(marked(&app, "s", &sid));
 }
+
+#[tokio::test]
+async fn a_roles_version_mark_never_goes_back() {
+    let app = TestApp::spawn().await;
+    let u = app.user().await;
+    let uid = uuid::Uuid::parse_str(&u.id).unwrap();
+    // Two quick changes whose writes reach Redis out of order.
+    app.state.revocation.roles_changed(uid, 6).await;
+    app.state.revocation.roles_changed(uid, 5).await;
+    let (hash, field) = mark(&app.config.redis.prefix, "u", &u.id);
+    let client = redis::Client::open(app.config.redis.url.expose()).unwrap();
+    let mut c = client.get_connection().unwrap();
+    let value: String = redis::cmd("HGET")
+        .arg(&hash)
+        .arg(&field)
+        .query(&mut c)
+        .unwrap();
+    assert!(value.starts_with("6 "), "{value}");
+}
