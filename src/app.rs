@@ -145,6 +145,10 @@ impl Application {
         tracing::info!(api = %self.api_addr(), internal = %self.internal_addr(), "usher listening");
         let feed = tokio::spawn(feed::run(self.state.clone(), stopped.clone()));
         let retention = tokio::spawn(crate::retention::run(self.state.clone(), stopped.clone()));
+        let mender = {
+            let (state, stopped) = (self.state.clone(), stopped.clone());
+            tokio::spawn(async move { state.revocation.mend(stopped).await })
+        };
         let reloader = self.spawn_route_reloader();
         let api = tokio::spawn(http::serve(
             self.api,
@@ -169,7 +173,7 @@ impl Application {
         tracing::info!("closing the listeners");
         let _ = stop.send(true);
         reloader.abort();
-        let _ = tokio::join!(api, internal, feed, retention);
+        let _ = tokio::join!(api, internal, feed, retention, mender);
         Ok(())
     }
 

@@ -195,6 +195,8 @@ pub struct Health {
     pub redis_up: bool,
     /// The change feed is subscribed.
     pub feed_up: bool,
+    /// Changes not yet written to Redis.
+    pub pending: usize,
 }
 
 impl Metrics {
@@ -308,6 +310,13 @@ impl Metrics {
             "gauge",
             u64::from(health.feed_up),
         );
+        gauge(
+            &mut out,
+            "usher_revocation_pending",
+            "Revocations and roles changes not yet written to Redis (retried; PostgreSQL decides meanwhile).",
+            "gauge",
+            health.pending as u64,
+        );
         out
     }
 }
@@ -418,6 +427,7 @@ mod tests {
             readiness: "degraded",
             redis_up: true,
             feed_up: true,
+            pending: 0,
         });
         assert!(
             text.contains(
@@ -453,6 +463,7 @@ mod tests {
             readiness: "degraded",
             redis_up: false,
             feed_up: false,
+            pending: 0,
         });
         for needle in [
             "usher_build_info{version=\"",

@@ -112,6 +112,7 @@ pub async fn metrics(state: &State) -> Response {
         readiness: probe.state(),
         redis_up: probe.redis,
         feed_up: probe.feed,
+        pending: state.revocation.pending(),
     };
     with_type(
         full(StatusCode::OK, state.metrics.render(&health)),

@@ -6,12 +6,6 @@ use serde_json::{json, Value};
 
 use crate::helpers::{eventually, problem, PostgresOutage, RedisServer, TestApp};
 
-fn redis_keys(port: u16, pattern: &str) -> Vec<String> {
-    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/0")).unwrap();
-    let mut c = client.get_connection().unwrap();
-    redis::cmd("KEYS").arg(pattern).query(&mut c).unwrap()
-}
-
 #[tokio::test]
 async fn logout_with_redis_down_is_recorded_honoured_and_mirrored_when_it_returns() {
     let mut redis = RedisServer::start();
@@ -65,12 +59,14 @@ async fn logout_with_redis_down_is_recorded_honoured_and_mirrored_when_it_return
     // Redis comes back empty: the revocation reaches it without a restart
     redis.restart();
     let mirrored = eventually(Duration::from_secs(10), || async {
-        redis_keys(
-            redis.port,
-            &format!("{}revoked:{sid}", a.config.redis.prefix),
-        )
-        .len()
-            == 1
+        let (hash, field) = crate::revocation::mark(&a.config.redis.prefix, "s", &sid);
+        let client = redis::Client::open(url.as_str()).unwrap();
+        let mut c = client.get_connection().unwrap();
+        redis::cmd("HEXISTS")
+            .arg(hash)
+            .arg(field)
+            .query(&mut c)
+            .unwrap_or(false)
     })
     .await;
     assert!(

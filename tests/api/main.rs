@@ -11,6 +11,7 @@ mod gateway;
 mod helpers;
 mod login_limits;
 mod operations;
+mod revocation;
 mod roles;
 mod security;
 mod users;
