@@ -1,5 +1,5 @@
 //! The command line: `serve`, `migrate`, `roles create`, `superuser create`, `keys rotate`,
-//! `routes check`, `config`.
+//! `keys retire`, `routes check`, `config`.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -102,14 +102,19 @@ pub enum RolesCommand {
 /// `usher superuser ...`.
 #[derive(Debug, Subcommand)]
 pub enum SuperuserCommand {
-    /// Create a user holding `superuser`, or give an existing user that role (idempotent).
-    /// Without `--email`, asks for e-mail and password; with it, the password of a new user
-    /// comes from `USHER_SUPERUSER_PASSWORD` or else one line of stdin. An existing user keeps
-    /// their password.
+    /// Create a user holding `superuser` (idempotent for an existing superuser). Without
+    /// `--email`, asks for e-mail and password; with it, the password comes from
+    /// `USHER_SUPERUSER_PASSWORD`, the file named by `USHER_SUPERUSER_PASSWORD_FILE`, or else
+    /// one line of stdin. An existing account that is not a superuser is refused: on an open
+    /// registration anyone may have registered that address, with a password they know.
     Create {
         /// The superuser's e-mail.
         #[arg(long)]
         email: Option<String>,
+        /// Promote an existing account (in any letter case) that is not a superuser yet; it
+        /// keeps its password. Only for an account you know is yours.
+        #[arg(long)]
+        promote_existing: bool,
     },
 }
 
@@ -165,8 +170,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             command: RolesCommand::Revoke { role, permissions },
         } => change_grants(&config, &role, &permissions, false).await,
         Command::Superuser {
-            command: SuperuserCommand::Create { email },
-        } => superuser_create(&config, email).await,
+            command:
+                SuperuserCommand::Create {
+                    email,
+                    promote_existing,
+                },
+        } => superuser_create(&config, email, promote_existing).await,
         Command::Keys {
             command: KeysCommand::Rotate,
         } => {
@@ -268,9 +277,15 @@ fn routes_check(file: &std::path::Path, probes: &[String]) -> anyhow::Result<()>
 
 /// The variable `superuser create --email` reads the password from.
 pub const SUPERUSER_PASSWORD_VAR: &str = "USHER_SUPERUSER_PASSWORD";
+/// The variable naming a file that holds the password instead.
+pub const SUPERUSER_PASSWORD_FILE_VAR: &str = "USHER_SUPERUSER_PASSWORD_FILE";
 
 /// `usher superuser create`.
-async fn superuser_create(config: &Config, email: Option<String>) -> anyhow::Result<()> {
+async fn superuser_create(
+    config: &Config,
+    email: Option<String>,
+    promote_existing: bool,
+) -> anyhow::Result<()> {
     let interactive = email.is_none();
     let email = match email {
         Some(e) => e,
@@ -287,6 +302,16 @@ async fn superuser_create(config: &Config, email: Option<String>) -> anyhow::Res
     store::migrate::seed(&pool, routes.service_permissions()).await?;
     let mut db = pool.get().await.context("connecting to PostgreSQL")?;
     let existing = store::users::credentials(&db, &email).await?;
+    if let Some(found) = &existing {
+        let already = found.user.roles.iter().any(|r| r == SUPERUSER);
+        anyhow::ensure!(
+            already || promote_existing,
+            "an account {} already exists and is not a superuser; it may have been registered \
+             by someone else, with a password they know. If it is yours, run again with \
+             --promote-existing (it keeps its password); otherwise choose another e-mail",
+            found.user.email
+        );
+    }
     // Only a new user needs a password: promoting someone never resets theirs.
     let hash = match &existing {
         Some(_) => None,
@@ -308,7 +333,11 @@ async fn superuser_create(config: &Config, email: Option<String>) -> anyhow::Res
     let tx = db.transaction().await?;
     let user = match (&existing, &hash) {
         (Some(found), _) => found.user.clone(),
-        (None, Some(hash)) => store::users::create(&tx, &email, hash).await?,
+        // Someone registering the address meanwhile makes this fail on the unique e-mail:
+        // never a silent promotion of their account.
+        (None, Some(hash)) => store::users::create(&tx, &email, hash)
+            .await
+            .with_context(|| format!("creating {email}"))?,
         (None, None) => anyhow::bail!("no password to create {email} with"),
     };
     let version = store::users::add_role_named(&tx, user.id, SUPERUSER).await?;
@@ -357,17 +386,37 @@ fn prompt_new_password() -> anyhow::Result<String> {
     Ok(first)
 }
 
-/// `USHER_SUPERUSER_PASSWORD`, or else one line of stdin (its line ending dropped, spaces kept).
+/// `USHER_SUPERUSER_PASSWORD`, the file named by `USHER_SUPERUSER_PASSWORD_FILE` (one line
+/// ending dropped), or else one line of stdin (its line ending dropped, spaces kept).
 fn password_from_env_or_stdin() -> anyhow::Result<String> {
-    if let Ok(password) = std::env::var(SUPERUSER_PASSWORD_VAR) {
-        return Ok(password);
+    let inline = std::env::var(SUPERUSER_PASSWORD_VAR).ok();
+    let file = std::env::var_os(SUPERUSER_PASSWORD_FILE_VAR);
+    match (inline, file) {
+        (Some(_), Some(_)) => anyhow::bail!(
+            "both {SUPERUSER_PASSWORD_VAR} and {SUPERUSER_PASSWORD_FILE_VAR} are set; set one"
+        ),
+        (Some(password), None) => return Ok(password),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(&path).with_context(|| {
+                format!(
+                    "reading {SUPERUSER_PASSWORD_FILE_VAR} {}",
+                    std::path::Path::new(&path).display()
+                )
+            })?;
+            let password = text.strip_suffix('\n').unwrap_or(&text);
+            return Ok(password.strip_suffix('\r').unwrap_or(password).to_owned());
+        }
+        (None, None) => {}
     }
     let mut line = String::new();
     let n = std::io::stdin()
         .read_line(&mut line)
         .context("reading the password from stdin")?;
     if n == 0 {
-        anyhow::bail!("no password: set {SUPERUSER_PASSWORD_VAR} or write it as one line on stdin");
+        anyhow::bail!(
+            "no password: set {SUPERUSER_PASSWORD_VAR} or {SUPERUSER_PASSWORD_FILE_VAR}, or \
+             write it as one line on stdin"
+        );
     }
     Ok(line.trim_end_matches(['\n', '\r']).to_owned())
 }

@@ -275,7 +275,11 @@ impl Config {
         }
         figment.merge(legacy_env()).merge(
             Env::prefixed("USHER_")
-                .filter(|key| key != "config" && key != "superuser_password")
+                .filter(|key| {
+                    key != "config"
+                        && key != "superuser_password"
+                        && key != "superuser_password_file"
+                })
                 .split("__"),
         )
     }
