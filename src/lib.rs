@@ -7,6 +7,7 @@
 //! - `config` — figment layers: defaults, `usher.toml`, legacy and `USHER_*` variables.
 //! - `http` — listeners, routing, problem details, one file per resource.
 //! - `sessions` — login, refresh (rotation, grace, reuse), logout, session ends.
+//! - `escalation` — the *No escalation* rules for role grants, assignments and superusers.
 //! - `guard` — bearer token → `Principal`, through the verified-token cache.
 //! - `tokens` — JWT signing and verification, keys, JWKS, refresh tokens.
 //! - `passwords` — Argon2id on a bounded blocking pool.
@@ -22,6 +23,7 @@
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod escalation;
 pub mod feed;
 pub mod guard;
 pub mod http;

@@ -49,13 +49,17 @@ pub enum ApiError {
     /// 403 `forbidden`.
     #[error("forbidden")]
     Forbidden,
+    /// 403 `forbidden`, saying why: the change would give away power the caller lacks.
+    #[error("forbidden: {0}")]
+    Escalation(String),
     /// 404 `not_found`.
     #[error("not found")]
     NotFound,
     /// 405 `method_not_allowed`.
     #[error("method not allowed")]
     MethodNotAllowed,
-    /// 409 with a conflict code (`email_taken`, `role_exists`, `role_builtin`).
+    /// 409 with a conflict code (`email_taken`, `role_exists`, `role_builtin`,
+    /// `last_superuser`).
     #[error("conflict: {1}")]
     Conflict(&'static str, String),
     /// 413 `payload_too_large`.
@@ -146,7 +150,9 @@ impl ApiError {
             ApiError::Unauthorized | ApiError::Token(_) | ApiError::InvalidCredentials => {
                 StatusCode::UNAUTHORIZED
             }
-            ApiError::AccountDisabled | ApiError::Forbidden => StatusCode::FORBIDDEN,
+            ApiError::AccountDisabled | ApiError::Forbidden | ApiError::Escalation(_) => {
+                StatusCode::FORBIDDEN
+            }
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(..) => StatusCode::CONFLICT,
@@ -170,7 +176,7 @@ impl ApiError {
             ApiError::Token(t) => t.code(),
             ApiError::InvalidCredentials => "invalid_credentials",
             ApiError::AccountDisabled => "account_disabled",
-            ApiError::Forbidden => "forbidden",
+            ApiError::Forbidden | ApiError::Escalation(_) => "forbidden",
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::Conflict(code, _) => code,
@@ -193,6 +199,7 @@ impl ApiError {
             ApiError::InvalidCredentials => "E-mail or password is wrong.".into(),
             ApiError::AccountDisabled => "This account is disabled.".into(),
             ApiError::Forbidden => "You do not have the permission this needs.".into(),
+            ApiError::Escalation(why) => why.clone(),
             ApiError::NotFound => "No such resource.".into(),
             ApiError::MethodNotAllowed => "This method is not allowed here.".into(),
             ApiError::Conflict(_, why) => why.clone(),

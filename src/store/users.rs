@@ -197,14 +197,6 @@ pub async fn disable(db: &impl GenericClient, id: Uuid) -> Result<Option<bool>> 
     Ok(Some(true))
 }
 
-/// Whether a user exists, locking the row so their roles change one request at a time.
-pub async fn lock(db: &impl GenericClient, id: Uuid) -> Result<bool> {
-    Ok(db
-        .query_opt("select 1 from users where id = $1 for update", &[&id])
-        .await?
-        .is_some())
-}
-
 /// Bumps a user's roles version (tokens carrying an older one become stale); returns it.
 pub async fn bump_roles_version(db: &impl GenericClient, id: Uuid) -> Result<i64> {
     let row = db
