@@ -47,6 +47,18 @@ pub struct State {
     pub metrics: crate::metrics::Metrics,
 }
 
+impl State {
+    /// Rereads the signing keys; when one was retired, tokens verified with it are forgotten
+    /// so that they are verified again, and refused.
+    pub async fn reload_keys(&self) {
+        match self.tokens.reload(&self.db, &self.config.tokens).await {
+            Ok(true) => self.guard.forget_all(),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "signing keys not reloaded"),
+        }
+    }
+}
+
 /// Loads the route map named by the configuration; fatal at startup when it is bad.
 pub fn load_routes(config: &Config) -> anyhow::Result<RouteMap> {
     RouteMap::load(&config.routes.file, &crate::permissions::builtin_names())

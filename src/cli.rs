@@ -121,8 +121,15 @@ pub enum SuperuserCommand {
 /// `usher keys ...`.
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
-    /// Add a new signing key; tokens signed by older keys stay valid until they expire.
+    /// Add a new signing key; tokens signed by older keys stay valid until they expire, and
+    /// the old key retires by itself `tokens.access_ttl` plus 30 s later.
     Rotate,
+    /// Retire a key at once (a leaked key): it leaves the JWKS and its tokens are refused by
+    /// every running replica. The key that signs must be rotated out first.
+    Retire {
+        /// The key id (`kid`), as the JWKS lists it.
+        kid: String,
+    },
 }
 
 /// Runs a parsed command line.
@@ -184,6 +191,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let kid = crate::tokens::rotate(&pool, &config.tokens).await?;
             announce(&config, "k").await;
             println!("new signing key {kid}");
+            Ok(())
+        }
+        Command::Keys {
+            command: KeysCommand::Retire { kid },
+        } => {
+            let pool = store::connect(&config.database).await?;
+            store::migrate::migrate(&pool).await?;
+            crate::tokens::retire(&pool, &kid).await?;
+            announce(&config, "k").await;
+            println!("signing key {kid} retired");
             Ok(())
         }
         Command::Routes { .. } => Ok(()),

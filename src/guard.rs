@@ -116,6 +116,11 @@ impl Guard {
         }
     }
 
+    /// Forgets every verified token, so each is verified again (a signing key retired).
+    pub fn forget_all(&self) {
+        self.verified.invalidate_all();
+    }
+
     /// `(answered from memory, needed more)` since start.
     pub fn hit_counts(&self) -> (u64, u64) {
         (

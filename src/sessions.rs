@@ -165,7 +165,9 @@ pub async fn refresh(
         return Err(TokenError::Invalid.into());
     }
     let old_hash = tokens::hash_refresh_token(refresh_token);
-    let (new_token, new_hash) = tokens::new_refresh_token()?;
+    // Derived, not drawn: every use of this token within its grace window gets this same
+    // successor, so concurrent or replayed refreshes continue one chain, never fork it.
+    let (new_token, new_hash) = state.tokens.successor(refresh_token);
     let cfg = &state.config.tokens;
     let mut db = store::conn(&state.db).await?;
     let tx = db.transaction().await?;

@@ -8,7 +8,13 @@ use uuid::Uuid;
 use crate::permissions::{BUILTIN_PERMISSIONS, BUILTIN_ROLES, USER_ROLE_GRANTS};
 
 /// `(version, sql)`, in order.
-const MIGRATIONS: &[(&str, &str)] = &[("0001_init", include_str!("../../sql/0001_init.sql"))];
+const MIGRATIONS: &[(&str, &str)] = &[
+    ("0001_init", include_str!("../../sql/0001_init.sql")),
+    (
+        "0003_key_lifecycle",
+        include_str!("../../sql/0003_key_lifecycle.sql"),
+    ),
+];
 
 /// Any constant; the same for every usher.
 const LOCK_KEY: i64 = 0x0075_7368_6572; // "usher"

@@ -9,10 +9,10 @@ use crate::helpers::{problem, TestApp};
 use crate::users::relogin;
 
 /// Exit success, stdout, stderr.
-struct Run {
-    ok: bool,
-    stdout: String,
-    stderr: String,
+pub struct Run {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
 }
 
 /// Runs `usher superuser create --email <email>` against `app`'s database and Redis, with
@@ -230,7 +230,7 @@ async fn superuser_create_refuses_bad_input_with_a_message() {
 }
 
 /// Runs `usher <args>` against `app`'s database and Redis.
-async fn usher_for(app: &TestApp, args: &[&str]) -> Run {
+pub async fn usher_for(app: &TestApp, args: &[&str]) -> Run {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_usher"))
         .args(args)
         .env_remove("USHER_CONFIG")

@@ -10,6 +10,8 @@ mod escalation;
 mod faults;
 mod gateway;
 mod helpers;
+mod keys;
+mod refresh;
 mod roles;
 mod security;
 mod users;
