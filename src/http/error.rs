@@ -1,6 +1,6 @@
 //! `ApiError`: every answer that is not a success, written once as RFC 9457 problem details.
 
-use http::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::header::{HeaderValue, ALLOW, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::StatusCode;
 use serde::Serialize;
 
@@ -55,9 +55,9 @@ pub enum ApiError {
     /// 404 `not_found`.
     #[error("not found")]
     NotFound,
-    /// 405 `method_not_allowed`.
+    /// 405 `method_not_allowed`, with the methods the resource allows (the `Allow` header).
     #[error("method not allowed")]
-    MethodNotAllowed,
+    MethodNotAllowed(&'static str),
     /// 409 with a conflict code (`email_taken`, `role_exists`, `role_builtin`,
     /// `last_superuser`).
     #[error("conflict: {1}")]
@@ -154,7 +154,7 @@ impl ApiError {
                 StatusCode::FORBIDDEN
             }
             ApiError::NotFound => StatusCode::NOT_FOUND,
-            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(..) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -178,7 +178,7 @@ impl ApiError {
             ApiError::AccountDisabled => "account_disabled",
             ApiError::Forbidden | ApiError::Escalation(_) => "forbidden",
             ApiError::NotFound => "not_found",
-            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::Conflict(code, _) => code,
             ApiError::PayloadTooLarge => "payload_too_large",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
@@ -201,7 +201,9 @@ impl ApiError {
             ApiError::Forbidden => "You do not have the permission this needs.".into(),
             ApiError::Escalation(why) => why.clone(),
             ApiError::NotFound => "No such resource.".into(),
-            ApiError::MethodNotAllowed => "This method is not allowed here.".into(),
+            ApiError::MethodNotAllowed(allowed) => {
+                format!("This method is not allowed here; allowed: {allowed}.")
+            }
             ApiError::Conflict(_, why) => why.clone(),
             ApiError::PayloadTooLarge => "The body is larger than 64 KiB.".into(),
             ApiError::UnsupportedMediaType => "The body must be application/json.".into(),
@@ -257,6 +259,9 @@ impl ApiError {
             }
             ApiError::TooManyAttempts(secs) => {
                 headers.insert(RETRY_AFTER, HeaderValue::from(*secs));
+            }
+            ApiError::MethodNotAllowed(allowed) => {
+                headers.insert(ALLOW, HeaderValue::from_static(allowed));
             }
             ApiError::Unavailable(_) => {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));

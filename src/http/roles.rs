@@ -32,11 +32,11 @@ pub async fn route(
     match (method, rest) {
         (&Method::GET, []) => list(state, req).await,
         (&Method::POST, []) => create(state, req).await,
-        (_, []) => Err(ApiError::MethodNotAllowed),
+        (_, []) => Err(ApiError::MethodNotAllowed("GET, POST")),
         (&Method::GET, [id]) => show(state, id, req).await,
         (&Method::PATCH, [id]) => update(state, id, req).await,
         (&Method::DELETE, [id]) => delete(state, id, req).await,
-        (_, [_]) => Err(ApiError::MethodNotAllowed),
+        (_, [_]) => Err(ApiError::MethodNotAllowed("GET, PATCH, DELETE")),
         _ => Err(ApiError::NotFound),
     }
 }
@@ -50,7 +50,7 @@ pub async fn route_permissions(
 ) -> Result<Response, ApiError> {
     match (method, rest) {
         (&Method::GET, []) => catalog(state, req).await,
-        (_, []) => Err(ApiError::MethodNotAllowed),
+        (_, []) => Err(ApiError::MethodNotAllowed("GET")),
         _ => Err(ApiError::NotFound),
     }
 }

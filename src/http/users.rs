@@ -33,20 +33,20 @@ pub async fn route(
 ) -> Result<Response, ApiError> {
     match (method, rest) {
         (&Method::GET, []) => list(state, req).await,
-        (_, []) => Err(ApiError::MethodNotAllowed),
+        (_, []) => Err(ApiError::MethodNotAllowed("GET")),
         (&Method::GET, ["me"]) => me(state, req).await,
         (&Method::POST, ["me", "password"]) => change_password(state, req).await,
-        (_, ["me", "password"]) => Err(ApiError::MethodNotAllowed),
+        (_, ["me", "password"]) => Err(ApiError::MethodNotAllowed("POST")),
         (&Method::GET, [id]) => show(state, id, req).await,
         (&Method::PATCH, [id]) => update(state, id, req).await,
         (&Method::DELETE, [id]) => disable(state, id, req).await,
-        (_, [_]) => Err(ApiError::MethodNotAllowed),
+        (_, [_]) => Err(ApiError::MethodNotAllowed("GET, PATCH, DELETE")),
         (&Method::GET, [id, "history"]) => history(state, id, req).await,
         (&Method::GET, [id, "roles"]) => roles(state, id, req).await,
-        (_, [_, "history" | "roles"]) => Err(ApiError::MethodNotAllowed),
+        (_, [_, "history" | "roles"]) => Err(ApiError::MethodNotAllowed("GET")),
         (&Method::PUT, [id, "roles", role]) => assign_role(state, id, role, req).await,
         (&Method::DELETE, [id, "roles", role]) => remove_role(state, id, role, req).await,
-        (_, [_, "roles", _]) => Err(ApiError::MethodNotAllowed),
+        (_, [_, "roles", _]) => Err(ApiError::MethodNotAllowed("PUT, DELETE")),
         _ => Err(ApiError::NotFound),
     }
 }
