@@ -119,5 +119,5 @@ async fn a_rotated_out_key_retires_by_itself_after_access_ttl_and_leeway() {
     assert!(gone, "the rotated-out key should retire by itself");
     // and a restart (a fresh load) does not bring it back
     let replica = app.replica().await;
-    assert_eq!(kids(&replica).await, [new.clone()]);
+    assert_eq!(kids(&replica).await, [new]);
 }
