@@ -124,7 +124,16 @@ async fn replicas_starting_together_migrate_once() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(n, 1);
+    let files = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/sql"))
+        .unwrap()
+        .count() as i64;
+    assert_eq!(n, files, "each migration applied once");
+    let secrets: i64 = db
+        .query_one("select count(*) from refresh_secret", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(secrets, 1, "one refresh key, shared by the replicas");
     let keys: i64 = db
         .query_one("select count(*) from signing_keys", &[])
         .await
