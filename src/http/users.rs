@@ -5,6 +5,10 @@
 //! `user_all_*` one otherwise (holding `user_all_*` is enough for oneself too). `{id}` may be
 //! `me`; the literal `/users/me` routes come first. A malformed id is 404, and a caller who may
 //! not see other users gets 403 for any id but their own, so existence never leaks.
+//!
+//! Changes of roles, e-mail and standing follow the *No escalation* rules (`escalation`):
+//! nobody assigns a role holding permissions they lack, and only a superuser touches
+//! `superuser` or a superuser.
 
 use std::sync::Arc;
 
