@@ -121,13 +121,12 @@ impl Tokens {
     /// Rereads the keys (after `usher keys rotate` or `keys retire` on any replica); true when
     /// a key that verified before no longer does.
     pub async fn reload(&self, pool: &Pool, cfg: &config::Tokens) -> anyhow::Result<bool> {
-        let fresh = load_keys(pool, cfg).await?;
-        let old = self.keys.swap(Arc::new(fresh));
-        let now = self.keys.load();
+        let fresh = Arc::new(load_keys(pool, cfg).await?);
+        let old = self.keys.swap(fresh.clone());
         Ok(old
             .verifying
             .keys()
-            .any(|kid| !now.verifying.contains_key(kid)))
+            .any(|kid| !fresh.verifying.contains_key(kid)))
     }
 
     /// Lifetime of access tokens, in seconds.
