@@ -57,6 +57,18 @@ impl State {
     }
 }
 
+impl State {
+    /// Rereads the signing keys; when one was retired, tokens verified with it are forgotten
+    /// so that they are verified again, and refused.
+    pub async fn reload_keys(&self) {
+        match self.tokens.reload(&self.db, &self.config.tokens).await {
+            Ok(true) => self.guard.forget_all(),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "signing keys not reloaded"),
+        }
+    }
+}
+
 /// Loads the route map named by the configuration; fatal at startup when it is bad.
 pub fn load_routes(config: &Config) -> anyhow::Result<RouteMap> {
     RouteMap::load(&config.routes.file, &crate::permissions::builtin_names())

@@ -1,5 +1,5 @@
 //! The command line: `serve`, `migrate`, `roles create`, `superuser create`, `keys rotate`,
-//! `routes check`, `config`, `healthcheck`.
+//! `keys retire`, `routes check`, `config`, `healthcheck`.
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -105,23 +105,34 @@ pub enum RolesCommand {
 /// `usher superuser ...`.
 #[derive(Debug, Subcommand)]
 pub enum SuperuserCommand {
-    /// Create a user holding `superuser`, or give an existing user that role (idempotent).
-    /// Without `--email`, asks for e-mail and password; with it, the password of a new user
-    /// comes from `USHER_SUPERUSER_PASSWORD`, the file `USHER_SUPERUSER_PASSWORD_FILE` names,
-    /// or else one line of stdin. An existing user keeps
-    /// their password.
+    /// Create a user holding `superuser` (idempotent for an existing superuser). Without
+    /// `--email`, asks for e-mail and password; with it, the password comes from
+    /// `USHER_SUPERUSER_PASSWORD`, the file named by `USHER_SUPERUSER_PASSWORD_FILE`, or else
+    /// one line of stdin. An existing account that is not a superuser is refused: on an open
+    /// registration anyone may have registered that address, with a password they know.
     Create {
         /// The superuser's e-mail.
         #[arg(long)]
         email: Option<String>,
+        /// Promote an existing account (in any letter case) that is not a superuser yet; it
+        /// keeps its password. Only for an account you know is yours.
+        #[arg(long)]
+        promote_existing: bool,
     },
 }
 
 /// `usher keys ...`.
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
-    /// Add a new signing key; tokens signed by older keys stay valid until they expire.
+    /// Add a new signing key; tokens signed by older keys stay valid until they expire, and
+    /// the old key retires by itself `tokens.access_ttl` plus 30 s later.
     Rotate,
+    /// Retire a key at once (a leaked key): it leaves the JWKS and its tokens are refused by
+    /// every running replica. The key that signs must be rotated out first.
+    Retire {
+        /// The key id (`kid`), as the JWKS lists it.
+        kid: String,
+    },
 }
 
 /// Runs a parsed command line.
@@ -172,8 +183,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             command: RolesCommand::Revoke { role, permissions },
         } => change_grants(&config, &role, &permissions, false).await,
         Command::Superuser {
-            command: SuperuserCommand::Create { email },
-        } => superuser_create(&config, email).await,
+            command:
+                SuperuserCommand::Create {
+                    email,
+                    promote_existing,
+                },
+        } => superuser_create(&config, email, promote_existing).await,
         Command::Keys {
             command: KeysCommand::Rotate,
         } => {
@@ -182,6 +197,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let kid = crate::tokens::rotate(&pool, &config.tokens).await?;
             announce(&config, "k").await;
             println!("new signing key {kid}");
+            Ok(())
+        }
+        Command::Keys {
+            command: KeysCommand::Retire { kid },
+        } => {
+            let pool = store::connect(&config.database).await?;
+            store::migrate::migrate(&pool).await?;
+            crate::tokens::retire(&pool, &kid).await?;
+            announce(&config, "k").await;
+            println!("signing key {kid} retired");
             Ok(())
         }
         Command::Routes { .. } | Command::Healthcheck => Ok(()),
@@ -306,9 +331,15 @@ fn routes_check(file: &std::path::Path, probes: &[String]) -> anyhow::Result<()>
 
 /// The variable `superuser create --email` reads the password from.
 pub const SUPERUSER_PASSWORD_VAR: &str = "USHER_SUPERUSER_PASSWORD";
+/// The variable naming a file that holds the password instead.
+pub const SUPERUSER_PASSWORD_FILE_VAR: &str = "USHER_SUPERUSER_PASSWORD_FILE";
 
 /// `usher superuser create`.
-async fn superuser_create(config: &Config, email: Option<String>) -> anyhow::Result<()> {
+async fn superuser_create(
+    config: &Config,
+    email: Option<String>,
+    promote_existing: bool,
+) -> anyhow::Result<()> {
     let interactive = email.is_none();
     let email = match email {
         Some(e) => e,
@@ -325,6 +356,16 @@ async fn superuser_create(config: &Config, email: Option<String>) -> anyhow::Res
     store::migrate::seed(&pool, routes.service_permissions()).await?;
     let mut db = pool.get().await.context("connecting to PostgreSQL")?;
     let existing = store::users::credentials(&db, &email).await?;
+    if let Some(found) = &existing {
+        let already = found.user.roles.iter().any(|r| r == SUPERUSER);
+        anyhow::ensure!(
+            already || promote_existing,
+            "an account {} already exists and is not a superuser; it may have been registered \
+             by someone else, with a password they know. If it is yours, run again with \
+             --promote-existing (it keeps its password); otherwise choose another e-mail",
+            found.user.email
+        );
+    }
     // Only a new user needs a password: promoting someone never resets theirs.
     let hash = match &existing {
         Some(_) => None,
@@ -346,7 +387,11 @@ async fn superuser_create(config: &Config, email: Option<String>) -> anyhow::Res
     let tx = db.transaction().await?;
     let user = match (&existing, &hash) {
         (Some(found), _) => found.user.clone(),
-        (None, Some(hash)) => store::users::create(&tx, &email, hash).await?,
+        // Someone registering the address meanwhile makes this fail on the unique e-mail:
+        // never a silent promotion of their account.
+        (None, Some(hash)) => store::users::create(&tx, &email, hash)
+            .await
+            .with_context(|| format!("creating {email}"))?,
         (None, None) => anyhow::bail!("no password to create {email} with"),
     };
     let version = store::users::add_role_named(&tx, user.id, SUPERUSER).await?;
@@ -422,7 +467,10 @@ fn password_from_env_or_stdin() -> anyhow::Result<String> {
         .read_line(&mut line)
         .context("reading the password from stdin")?;
     if n == 0 {
-        anyhow::bail!("no password: set {SUPERUSER_PASSWORD_VAR} or write it as one line on stdin");
+        anyhow::bail!(
+            "no password: set {SUPERUSER_PASSWORD_VAR} or {SUPERUSER_PASSWORD_FILE_VAR}, or \
+             write it as one line on stdin"
+        );
     }
     Ok(line.trim_end_matches(['\n', '\r']).to_owned())
 }

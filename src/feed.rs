@@ -68,9 +68,7 @@ async fn subscribe_and_listen(
         .map_err(|_| anyhow::anyhow!("subscribing timed out"))??;
     // Subscribed: from here on nothing is missed. Catch up on what may have been.
     state.permissions.refresh(&state.db, true).await?;
-    if let Err(e) = state.tokens.reload(&state.db, &state.config.tokens).await {
-        tracing::warn!(error = %e, "signing keys not reloaded");
-    }
+    state.reload_keys().await;
     state.revocation.feed_ready().await?;
     tracing::info!("change feed up");
     *up = true;
@@ -102,11 +100,7 @@ async fn apply(state: &Arc<State>, payload: &str) -> anyhow::Result<()> {
         // If the snapshot cannot be reread, the feed is treated as down (and memory stops
         // vouching) until a new subscription has read it.
         "c" => state.permissions.refresh(&state.db, true).await?,
-        "k" => {
-            if let Err(e) = state.tokens.reload(&state.db, &state.config.tokens).await {
-                tracing::warn!(error = %e, "signing keys not reloaded");
-            }
-        }
+        "k" => state.reload_keys().await,
         other => state.revocation.apply(other),
     }
     Ok(())

@@ -28,8 +28,11 @@ pub async fn route(
         (&Method::GET, ["sessions"]) => list_sessions(state, req).await,
         (&Method::DELETE, ["sessions", id]) => end_session(state, id, req).await,
         (&Method::GET, ["history"]) => history(state, req).await,
-        (_, ["register" | "login" | "refresh" | "logout" | "logout-all" | "history"])
-        | (_, ["sessions"] | ["sessions", _]) => Err(ApiError::MethodNotAllowed),
+        (_, ["register" | "login" | "refresh" | "logout" | "logout-all"]) => {
+            Err(ApiError::MethodNotAllowed("POST"))
+        }
+        (_, ["history"] | ["sessions"]) => Err(ApiError::MethodNotAllowed("GET")),
+        (_, ["sessions", _]) => Err(ApiError::MethodNotAllowed("DELETE")),
         _ => Err(ApiError::NotFound),
     }
 }

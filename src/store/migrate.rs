@@ -15,6 +15,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         include_str!("../../sql/0002_login_limits.sql"),
     ),
     (
+        "0003_key_lifecycle",
+        include_str!("../../sql/0003_key_lifecycle.sql"),
+    ),
+    (
         "0004_retention",
         include_str!("../../sql/0004_retention.sql"),
     ),
