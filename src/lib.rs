@@ -17,6 +17,7 @@
 //! - `kv` — the Redis handle.
 //! - `metrics` — Prometheus counters and histograms.
 //! - `store` — PostgreSQL: pool, migrations, one file per table family.
+//! - `tls` — rustls for PostgreSQL (`sslmode`) and Redis (`rediss://`).
 #![forbid(unsafe_code)]
 
 pub mod app;
@@ -33,4 +34,5 @@ pub mod revocation;
 pub mod routes;
 pub mod sessions;
 pub mod store;
+pub mod tls;
 pub mod tokens;

@@ -11,4 +11,5 @@ mod gateway;
 mod helpers;
 mod roles;
 mod security;
+mod tls;
 mod users;
