@@ -6,6 +6,7 @@ mod bad_input;
 mod binary;
 mod check;
 mod cli;
+mod deploy;
 mod faults;
 mod gateway;
 mod helpers;
