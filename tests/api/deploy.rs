@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use usher::routes::{spawn_reloader, DefaultPolicy, RouteMap};
 
+use crate::helpers::tool;
+
 const MANIFESTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/kubernetes");
-const GATEWAY_CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/gateway-config");
 
 /// The layout the kubelet gives a ConfigMap volume: `routes.toml` → `..data/routes.toml`, and
 /// `..data` → a timestamped folder. An update writes a new folder and swaps `..data` atomically.
@@ -89,4 +90,80 @@ async fn a_configmap_update_reloads_the_route_map() {
     task.abort();
     assert_eq!(got.ok().flatten(), Some(DefaultPolicy::Allow));
     assert_eq!(current.load().default_policy(), DefaultPolicy::Allow);
+}
+
+fn read(path: impl AsRef<Path>) -> String {
+    std::fs::read_to_string(path.as_ref())
+        .unwrap_or_else(|e| panic!("{}: {e}", path.as_ref().display()))
+}
+
+#[test]
+fn kubernetes_manifests_are_valid_and_in_step_with_gateway_config() {
+    let dir = Path::new(MANIFESTS);
+    // The copies of gateway-config/ are what sync.sh makes of it now.
+    let fresh = std::env::temp_dir().join(format!("usher-sync-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&fresh).unwrap();
+    let status = Command::new("sh")
+        .arg(dir.join("sync.sh"))
+        .arg(&fresh)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    for name in ["routes.toml", "envoy.yaml"] {
+        let same = read(fresh.join(name)) == read(dir.join(name));
+        assert!(
+            same,
+            "deploy/kubernetes/{name} differs from gateway-config/: run `sh deploy/kubernetes/sync.sh`"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&fresh);
+
+    // Every manifest is applied by the kustomization, and the ConfigMaps mount folders.
+    let kustomization = read(dir.join("kustomization.yaml"));
+    let mut manifests = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        if name.ends_with(".yaml") && name != "kustomization.yaml" && name != "envoy.yaml" {
+            if !name.ends_with(".example.yaml") {
+                assert!(
+                    kustomization.contains(&format!("- {name}")),
+                    "{name} is not in kustomization.yaml"
+                );
+            }
+            assert!(
+                !read(dir.join(&name)).contains("subPath:"),
+                "{name}: subPath blocks ConfigMap updates"
+            );
+            manifests.push(dir.join(name));
+        }
+    }
+    manifests.sort();
+
+    let Some(validate) = tool("kubernetes-validate", &[]) else {
+        return;
+    };
+    let out = Command::new(validate)
+        .arg("--strict")
+        .args(&manifests)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kubernetes-validate:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let Some(envoy) = tool("envoy", &[]) else {
+        return;
+    };
+    let out = Command::new(envoy)
+        .args(["--mode", "validate", "-c"])
+        .arg(dir.join("envoy.yaml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "envoy rejects deploy/kubernetes/envoy.yaml:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

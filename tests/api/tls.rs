@@ -12,22 +12,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use usher::config::{Config, Secret};
 
-use crate::helpers::{eventually, free_port, problem, test_config, which, TestApp};
-
-/// The binary, or `None` (after a notice) when it is missing outside CI.
-fn binary(name: &str, candidates: &[PathBuf]) -> Option<PathBuf> {
-    let found = std::iter::once(PathBuf::from(which(name)))
-        .chain(candidates.iter().cloned())
-        .find(|p| p.is_absolute() && p.is_file());
-    if found.is_none() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "{name} is not installed, and CI=true"
-        );
-        eprintln!("NOTICE: {name} is not installed; skipping this TLS test");
-    }
-    found
-}
+use crate::helpers::{eventually, free_port, problem, test_config, tool, which, TestApp};
 
 fn run(cmd: &mut Command) {
     let out = cmd.output().expect("the command runs");
@@ -46,7 +31,7 @@ struct Certs {
 
 impl Certs {
     fn make() -> Option<Certs> {
-        let openssl = binary("openssl", &[])?;
+        let openssl = tool("openssl", &[])?;
         let dir = std::env::temp_dir().join(format!("usher-tls-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();
         let certs = Certs { dir };
@@ -158,8 +143,8 @@ impl TlsPostgres {
         let candidates = |name: &str| -> Vec<PathBuf> {
             versions.iter().rev().map(|bin| bin.join(name)).collect()
         };
-        let initdb = binary("initdb", &candidates("initdb"))?;
-        let pg_ctl = binary("pg_ctl", &candidates("pg_ctl"))?;
+        let initdb = tool("initdb", &candidates("initdb"))?;
+        let pg_ctl = tool("pg_ctl", &candidates("pg_ctl"))?;
         // initdb refuses to run as root: run the server as `postgres`, which owns the folder.
         let as_root = running_as_root();
         let data = certs.path("pgdata");
@@ -352,7 +337,7 @@ struct TlsRedis {
 
 impl TlsRedis {
     fn start(certs: &Certs) -> Option<TlsRedis> {
-        let bin = binary("redis-server", &[])?;
+        let bin = tool("redis-server", &[])?;
         let port = free_port();
         let child = Command::new(bin)
             .args(["--port", "0", "--tls-port", &port.to_string()])
