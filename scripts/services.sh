@@ -21,7 +21,8 @@ apt_updated=0
 apt_install() {
     if [ "$apt_updated" -eq 0 ]; then as_root apt-get update -qq; apt_updated=1; fi
     # RUNLEVEL=1: on machines without systemd, don't let the package start its own service.
-    as_root env RUNLEVEL=1 apt-get install -y -qq --no-install-recommends "$@"
+    as_root env DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 \
+        apt-get install -y -qq --no-install-recommends "$@"
 }
 
 wait_for() { # what, command...
