@@ -83,6 +83,9 @@ pub struct Database {
     pub timeout: Dur,
     /// Create the database when it does not exist and the user may.
     pub create_if_missing: bool,
+    /// CA bundle (PEM) that verifies the server with `sslmode=verify-ca|verify-full`; the URL's
+    /// `sslrootcert` wins; neither: the system's roots.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for Database {
@@ -92,6 +95,7 @@ impl Default for Database {
             pool_size: 16,
             timeout: Dur::secs(2),
             create_if_missing: true,
+            ca_file: None,
         }
     }
 }
@@ -106,6 +110,8 @@ pub struct Redis {
     pub prefix: String,
     /// How long one Redis command may take before it counts as a failure.
     pub timeout: Dur,
+    /// CA bundle (PEM) that verifies a `rediss://` server instead of the system's roots.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for Redis {
@@ -114,6 +120,7 @@ impl Default for Redis {
             url: Secret::new("redis://127.0.0.1:6379/0"),
             prefix: "usher:".into(),
             timeout: Dur::millis(500),
+            ca_file: None,
         }
     }
 }

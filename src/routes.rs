@@ -843,12 +843,15 @@ fn check_param_name(path: &str, name: &str) -> Result<(), String> {
 // Reloading
 // ---------------------------------------------------------------------------------------------
 
-/// What identifies a version of the file cheaply.
-type Stamp = Option<(SystemTime, u64)>;
+/// What identifies a version of the file cheaply: modification time, length and inode (through
+/// symlinks, so a Kubernetes ConfigMap update, which swaps the `..data` link to a new folder,
+/// is a change even if the new file has the old one's time and length).
+type Stamp = Option<(SystemTime, u64, u64)>;
 
 async fn stamp(path: &Path) -> Stamp {
+    use std::os::unix::fs::MetadataExt;
     let meta = tokio::fs::metadata(path).await.ok()?;
-    Some((meta.modified().ok()?, meta.len()))
+    Some((meta.modified().ok()?, meta.len(), meta.ino()))
 }
 
 /// Keeps `current` in step with the file at `path`: checks its modification time and length

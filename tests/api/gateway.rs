@@ -346,6 +346,25 @@ async fn through(kind: Kind) {
         "{ctx}: {session:?}"
     );
 
+    // usher's public documents come from usher, not the upstream.
+    for (path, key) in [
+        ("/docs", ""),
+        ("/openapi.json", "openapi"),
+        ("/.well-known/jwks.json", "keys"),
+    ] {
+        let r = client.get(gateway.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{ctx}: {path}");
+        let text = r.text().await.unwrap();
+        let from_usher = match key {
+            "" => text.starts_with("<!doctype html"),
+            key => serde_json::from_str::<Value>(&text).is_ok_and(|doc| doc.get(key).is_some()),
+        };
+        assert!(
+            from_usher,
+            "{ctx}: {path} did not come from usher: {text:.200}"
+        );
+    }
+
     // Not permitted: 403, and the upstream is never asked.
     let url = gateway.url("/api/v1/films");
     let (status, headers, body) = send(&client, reqwest::Method::POST, url, t, false).await;
