@@ -4,6 +4,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -45,8 +46,17 @@ pub struct Listen {
     pub internal: SocketAddr,
     /// How long in-flight requests may take to finish after SIGTERM.
     pub shutdown_grace: Dur,
-    /// Longest wait for a request's head, and for an API request's body.
+    /// Longest wait for a request's head (the first one from the moment a connection opens,
+    /// on both listeners), for an API request's body, and between requests on the API listener.
     pub read_timeout: Dur,
+    /// Longest a connection to the internal listener may sit idle between requests (keep it
+    /// above the gateway's own idle timeout for its connections to usher).
+    pub idle_timeout: Dur,
+    /// Most connections open at once on each listener; more are closed as they arrive.
+    pub max_connections: NonZeroUsize,
+    /// How many proxies in front of usher append to `X-Forwarded-For`; the client IP is the
+    /// rightmost entry they did not write. 1: the TCP peer is the gateway. 0: use the peer.
+    pub trusted_proxies: usize,
 }
 
 impl Default for Listen {
@@ -56,6 +66,9 @@ impl Default for Listen {
             internal: SocketAddr::from(([0, 0, 0, 0], 9191)),
             shutdown_grace: Dur::secs(10),
             read_timeout: Dur::secs(10),
+            idle_timeout: Dur::secs(300),
+            max_connections: NonZeroUsize::new(4096).unwrap_or(NonZeroUsize::MIN),
+            trusted_proxies: 1,
         }
     }
 }
