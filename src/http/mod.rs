@@ -64,7 +64,9 @@ pub async fn serve(
             Listener::Internal => listen.idle_timeout.0,
         },
     };
-    let slots = Arc::new(Semaphore::new(listen.max_connections.get()));
+    let slots = Arc::new(Semaphore::new(
+        listen.max_connections.get().min(Semaphore::MAX_PERMITS),
+    ));
     // Every connection task holds a receiver; `closed()` resolves when the last one ends.
     let (drain, _) = watch::channel(());
     let mut builder = auto::Builder::new(TokioExecutor::new());

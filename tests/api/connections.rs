@@ -135,3 +135,33 @@ async fn max_connections_is_enforced_per_listener() {
         drop(second);
     }
 }
+
+#[tokio::test]
+async fn idle_http2_connections_are_closed_on_the_internal_listener() {
+    let app = TestApp::spawn_with(|c| {
+        c.listen.read_timeout = Dur::millis(300);
+        c.listen.idle_timeout = Dur::millis(400);
+    })
+    .await;
+    let stream = tokio::net::TcpStream::connect(app.internal).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    let conn = tokio::spawn(conn);
+    let request = http::Request::get(format!("http://{}/healthz", app.internal))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    drop(response);
+    // usher ends the connection by itself (GOAWAY, then close), though the client keeps it.
+    let ended = tokio::time::timeout(PATIENCE, conn).await;
+    assert!(
+        ended.is_ok(),
+        "the idle HTTP/2 connection is still open after {PATIENCE:?}"
+    );
+    drop(sender);
+}
