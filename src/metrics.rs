@@ -141,7 +141,8 @@ impl Outcome {
 /// Every metric of one usher process.
 pub struct Metrics {
     requests: Family<(&'static str, u16)>,
-    request_latency: Histogram,
+    /// One histogram per [`ENDPOINTS`] template, then one for [`UNMATCHED`].
+    request_latency: Box<[Histogram]>,
     /// route → one counter per outcome, looked up by `&str` without allocating.
     checks: RwLock<BTreeMap<String, Arc<[AtomicU64; OUTCOMES.len()]>>>,
     check_latency: Histogram,
@@ -171,7 +172,9 @@ impl Default for Metrics {
     fn default() -> Self {
         Metrics {
             requests: Family::new(),
-            request_latency: Histogram::default(),
+            request_latency: (0..=ENDPOINTS.len())
+                .map(|_| Histogram::default())
+                .collect(),
             checks: RwLock::new(BTreeMap::new()),
             check_latency: Histogram::default(),
             logins: Default::default(),
@@ -206,7 +209,11 @@ impl Metrics {
     /// An API request answered; `endpoint` comes from [`endpoint_label`].
     pub fn request(&self, endpoint: &'static str, status: u16, latency: Duration) {
         self.requests.inc(&(endpoint, status));
-        self.request_latency.observe(latency);
+        let slot = ENDPOINTS
+            .iter()
+            .position(|e| *e == endpoint)
+            .unwrap_or(ENDPOINTS.len());
+        self.request_latency[slot].observe(latency);
     }
 
     /// A login answered.
@@ -251,10 +258,20 @@ impl Metrics {
                 escape(endpoint)
             );
         }
-        out.push_str("# HELP usher_http_request_duration_seconds API request latency.\n");
+        out.push_str(
+            "# HELP usher_http_request_duration_seconds API request latency by endpoint.\n",
+        );
         out.push_str("# TYPE usher_http_request_duration_seconds histogram\n");
-        self.request_latency
-            .render(&mut out, "usher_http_request_duration_seconds", "");
+        for (endpoint, histogram) in ENDPOINTS
+            .iter()
+            .chain(std::iter::once(&UNMATCHED))
+            .zip(self.request_latency.iter())
+        {
+            if histogram.count.load(Ordering::Relaxed) > 0 {
+                let labels = format!("endpoint=\"{}\",", escape(endpoint));
+                histogram.render(&mut out, "usher_http_request_duration_seconds", &labels);
+            }
+        }
         out.push_str(
             "# HELP usher_check_decisions_total Gateway check decisions by outcome and route.\n",
         );
@@ -442,6 +459,7 @@ mod tests {
         let m = Metrics::default();
         m.request("/api/v1/auth/login", 200, Duration::from_millis(3));
         m.request("/api/v1/auth/login", 200, Duration::from_millis(3));
+        m.request(UNMATCHED, 404, Duration::from_micros(40));
         m.check(
             "/api/v1/films/{*rest}",
             Outcome::Allow,
@@ -488,6 +506,15 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("usher_redis_up 1"));
+        // API latency by endpoint template; templates never called add no series
+        for needle in [
+            "usher_http_request_duration_seconds_bucket{endpoint=\"/api/v1/auth/login\",le=\"0.005\"} 2",
+            "usher_http_request_duration_seconds_count{endpoint=\"/api/v1/auth/login\"} 2",
+            "usher_http_request_duration_seconds_count{endpoint=\"unmatched\"} 1",
+        ] {
+            assert!(text.contains(needle), "{needle} in {text}");
+        }
+        assert!(!text.contains("usher_http_request_duration_seconds_count{endpoint=\"/docs\"}"));
         m.login(LoginOutcome::Lockout);
         let text = m.render(&Health {
             cache_hits: 0,
