@@ -47,13 +47,17 @@ PORT = {"type": "integer", "minimum": 1, "maximum": 65535}
 DURATION = {"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)?(ms|s|m|h)$"}
 METADATA = obj({"name": STR, "namespace": STR}, ["name", "namespace"], extra=True)
 
+
+def resource(spec):
+    """A namespaced custom resource with this `spec` schema."""
+    return obj(
+        {"apiVersion": STR, "kind": STR, "metadata": METADATA, "spec": spec},
+        ["apiVersion", "kind", "metadata", "spec"],
+    )
+
 SCHEMAS = {
-    ("install.istio.io/v1alpha1", "IstioOperator"): obj(
-        {
-            "apiVersion": STR,
-            "kind": STR,
-            "metadata": METADATA,
-            "spec": obj(
+    ("install.istio.io/v1alpha1", "IstioOperator"): resource(
+        obj(
                 {
                     "meshConfig": obj(
                         {
@@ -89,15 +93,9 @@ SCHEMAS = {
                 ["meshConfig"],
                 extra=True,
             ),
-        },
-        ["apiVersion", "kind", "metadata", "spec"],
     ),
-    ("security.istio.io/v1", "AuthorizationPolicy"): obj(
-        {
-            "apiVersion": STR,
-            "kind": STR,
-            "metadata": METADATA,
-            "spec": obj(
+    ("security.istio.io/v1", "AuthorizationPolicy"): resource(
+        obj(
                 {
                     "selector": obj(
                         {"matchLabels": {"type": "object", "additionalProperties": STR}},
@@ -110,15 +108,9 @@ SCHEMAS = {
                 },
                 ["action", "provider", "rules"],
             ),
-        },
-        ["apiVersion", "kind", "metadata", "spec"],
     ),
-    ("gateway.envoyproxy.io/v1alpha1", "SecurityPolicy"): obj(
-        {
-            "apiVersion": STR,
-            "kind": STR,
-            "metadata": METADATA,
-            "spec": obj(
+    ("gateway.envoyproxy.io/v1alpha1", "SecurityPolicy"): resource(
+        obj(
                 {
                     "targetRefs": {
                         "type": "array",
@@ -162,15 +154,9 @@ SCHEMAS = {
                 },
                 ["targetRefs", "extAuth"],
             ),
-        },
-        ["apiVersion", "kind", "metadata", "spec"],
     ),
-    ("gateway.networking.k8s.io/v1beta1", "ReferenceGrant"): obj(
-        {
-            "apiVersion": STR,
-            "kind": STR,
-            "metadata": METADATA,
-            "spec": obj(
+    ("gateway.networking.k8s.io/v1beta1", "ReferenceGrant"): resource(
+        obj(
                 {
                     "from": {
                         "type": "array",
@@ -191,8 +177,6 @@ SCHEMAS = {
                 },
                 ["from", "to"],
             ),
-        },
-        ["apiVersion", "kind", "metadata", "spec"],
     ),
 }
 
