@@ -58,125 +58,125 @@ def resource(spec):
 SCHEMAS = {
     ("install.istio.io/v1alpha1", "IstioOperator"): resource(
         obj(
-                {
-                    "meshConfig": obj(
-                        {
-                            "extensionProviders": {
-                                "type": "array",
-                                "minItems": 1,
-                                "items": obj(
-                                    {
-                                        "name": STR,
-                                        "envoyExtAuthzGrpc": obj(
-                                            {
-                                                "service": STR,
-                                                "port": PORT,
-                                                "timeout": DURATION,
-                                                "failOpen": {"type": "boolean"},
-                                                "statusOnError": {
-                                                    "type": "string",
-                                                    "pattern": "^[1-5][0-9][0-9]$",
-                                                },
-                                                "includeRequestBodyInCheck": {"type": "object"},
+            {
+                "meshConfig": obj(
+                    {
+                        "extensionProviders": {
+                            "type": "array",
+                            "minItems": 1,
+                            "items": obj(
+                                {
+                                    "name": STR,
+                                    "envoyExtAuthzGrpc": obj(
+                                        {
+                                            "service": STR,
+                                            "port": PORT,
+                                            "timeout": DURATION,
+                                            "failOpen": {"type": "boolean"},
+                                            "statusOnError": {
+                                                "type": "string",
+                                                "pattern": "^[1-5][0-9][0-9]$",
                                             },
-                                            ["service", "port"],
-                                        ),
-                                    },
-                                    ["name", "envoyExtAuthzGrpc"],
-                                ),
-                            }
-                        },
-                        ["extensionProviders"],
-                        extra=True,
-                    )
-                },
-                ["meshConfig"],
-                extra=True,
-            ),
+                                            "includeRequestBodyInCheck": {"type": "object"},
+                                        },
+                                        ["service", "port"],
+                                    ),
+                                },
+                                ["name", "envoyExtAuthzGrpc"],
+                            ),
+                        }
+                    },
+                    ["extensionProviders"],
+                    extra=True,
+                )
+            },
+            ["meshConfig"],
+            extra=True,
+        ),
     ),
     ("security.istio.io/v1", "AuthorizationPolicy"): resource(
         obj(
-                {
-                    "selector": obj(
-                        {"matchLabels": {"type": "object", "additionalProperties": STR}},
-                        ["matchLabels"],
-                    ),
-                    "targetRefs": {"type": "array"},
-                    "action": {"enum": ["CUSTOM"]},
-                    "provider": obj({"name": STR}, ["name"]),
-                    "rules": {"type": "array", "minItems": 1, "items": {"type": "object"}},
-                },
-                ["action", "provider", "rules"],
-            ),
+            {
+                "selector": obj(
+                    {"matchLabels": {"type": "object", "additionalProperties": STR}},
+                    ["matchLabels"],
+                ),
+                "targetRefs": {"type": "array"},
+                "action": {"enum": ["CUSTOM"]},
+                "provider": obj({"name": STR}, ["name"]),
+                "rules": {"type": "array", "minItems": 1, "items": {"type": "object"}},
+            },
+            ["action", "provider", "rules"],
+        ),
     ),
     ("gateway.envoyproxy.io/v1alpha1", "SecurityPolicy"): resource(
         obj(
-                {
-                    "targetRefs": {
-                        "type": "array",
-                        "minItems": 1,
-                        "items": obj(
-                            {
-                                "group": {"enum": ["gateway.networking.k8s.io"]},
-                                "kind": {"enum": ["Gateway", "HTTPRoute", "GRPCRoute"]},
-                                "name": STR,
-                                "sectionName": STR,
-                            },
-                            ["group", "kind", "name"],
-                        ),
-                    },
-                    "extAuth": obj(
+            {
+                "targetRefs": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": obj(
                         {
-                            "failOpen": {"type": "boolean"},
-                            "headersToExtAuth": {"type": "array", "items": STR},
-                            "grpc": obj(
-                                {
-                                    "backendRefs": {
-                                        "type": "array",
-                                        "minItems": 1,
-                                        "items": obj(
-                                            {
-                                                "group": {"type": "string"},
-                                                "kind": {"enum": ["Service", "Backend"]},
-                                                "name": STR,
-                                                "namespace": STR,
-                                                "port": PORT,
-                                            },
-                                            ["name", "port"],
-                                        ),
-                                    }
-                                },
-                                ["backendRefs"],
-                            ),
+                            "group": {"enum": ["gateway.networking.k8s.io"]},
+                            "kind": {"enum": ["Gateway", "HTTPRoute", "GRPCRoute"]},
+                            "name": STR,
+                            "sectionName": STR,
                         },
-                        ["grpc"],
+                        ["group", "kind", "name"],
                     ),
                 },
-                ["targetRefs", "extAuth"],
-            ),
+                "extAuth": obj(
+                    {
+                        "failOpen": {"type": "boolean"},
+                        "headersToExtAuth": {"type": "array", "items": STR},
+                        "grpc": obj(
+                            {
+                                "backendRefs": {
+                                    "type": "array",
+                                    "minItems": 1,
+                                    "items": obj(
+                                        {
+                                            "group": {"type": "string"},
+                                            "kind": {"enum": ["Service", "Backend"]},
+                                            "name": STR,
+                                            "namespace": STR,
+                                            "port": PORT,
+                                        },
+                                        ["name", "port"],
+                                    ),
+                                }
+                            },
+                            ["backendRefs"],
+                        ),
+                    },
+                    ["grpc"],
+                ),
+            },
+            ["targetRefs", "extAuth"],
+        ),
     ),
     ("gateway.networking.k8s.io/v1beta1", "ReferenceGrant"): resource(
         obj(
-                {
-                    "from": {
-                        "type": "array",
-                        "minItems": 1,
-                        "items": obj(
-                            {"group": {"type": "string"}, "kind": STR, "namespace": STR},
-                            ["group", "kind", "namespace"],
-                        ),
-                    },
-                    "to": {
-                        "type": "array",
-                        "minItems": 1,
-                        "items": obj(
-                            {"group": {"type": "string"}, "kind": STR, "name": STR},
-                            ["group", "kind"],
-                        ),
-                    },
+            {
+                "from": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": obj(
+                        {"group": {"type": "string"}, "kind": STR, "namespace": STR},
+                        ["group", "kind", "namespace"],
+                    ),
                 },
-                ["from", "to"],
-            ),
+                "to": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": obj(
+                        {"group": {"type": "string"}, "kind": STR, "name": STR},
+                        ["group", "kind"],
+                    ),
+                },
+            },
+            ["from", "to"],
+        ),
     ),
 }
 
