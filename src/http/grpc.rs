@@ -304,10 +304,9 @@ fn allowed(allow: Allow, sent: HttpRequest) -> CheckResponse {
             .flat_map(|map| map.headers.into_iter().map(|h| h.key)),
     );
     let mut headers_to_remove: Vec<String> = Vec::new();
-    for name in forged {
-        let name = name.to_ascii_lowercase();
-        if is_identity(&name) && !set.contains(&name.as_str()) && !headers_to_remove.contains(&name)
-        {
+    for mut name in forged.filter(|name| is_identity(name)) {
+        name.make_ascii_lowercase();
+        if !set.contains(&name.as_str()) && !headers_to_remove.contains(&name) {
             headers_to_remove.push(name);
         }
     }
