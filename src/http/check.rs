@@ -117,8 +117,10 @@ pub fn is_check(path: &str) -> bool {
 }
 
 /// Who the upstream is told the caller is.
-enum Allow {
+pub enum Allow {
+    /// Nobody signed in (`x-user-roles: non_registered`, no user or session id).
     Anonymous,
+    /// This token's holder.
     User(Arc<Principal>),
 }
 
@@ -128,7 +130,13 @@ pub async fn check<B>(state: &State, req: &Request<B>) -> Response {
     let started = Instant::now();
     let routes = state.routes.load_full();
     let (route, response) = decide(state, &routes, req).await;
-    let outcome = match response.status() {
+    record(state, route, response.status(), started);
+    response
+}
+
+/// Counts one check in the metrics, by route and by the status of its answer.
+pub fn record(state: &State, route: &str, status: StatusCode, started: Instant) {
+    let outcome = match status {
         StatusCode::OK => Outcome::Allow,
         StatusCode::UNAUTHORIZED => Outcome::Unauthenticated,
         StatusCode::BAD_REQUEST => Outcome::BadRequest,
@@ -136,7 +144,6 @@ pub async fn check<B>(state: &State, req: &Request<B>) -> Response {
         _ => Outcome::Forbidden,
     };
     state.metrics.check(route, outcome, started.elapsed());
-    response
 }
 
 /// The route label and the answer.
@@ -149,11 +156,30 @@ async fn decide<'r, B>(
     let mut target = match Target::of(req.method().as_str(), path_and_query, req.headers()) {
         Ok(target) => target,
         Err(Unreadable::NoOriginal) => return ("bad_request", no_original()),
-        Err(Unreadable::Garbled) => return ("invalid_path", refuse("-", ApiError::Forbidden)),
+        Err(Unreadable::Garbled) => {
+            refused("-", &ApiError::Forbidden);
+            return ("invalid_path", ApiError::Forbidden.into_response());
+        }
     };
     // HTTP/2 carries the host as `:authority`, not as a `Host` header.
     target.host = target.host.or(req.uri().authority().map(|a| a.as_str()));
 
+    let (route, verdict) = verdict(state, routes, target, bearer(req.headers())).await;
+    let response = match verdict {
+        Ok(allow) => allowed(allow),
+        Err(e) => e.into_response(),
+    };
+    (route, response)
+}
+
+/// The decision for one request, whichever transport asked (HTTP, or gRPC in
+/// [`super::grpc`]): the route label, and who to let through or why not.
+pub async fn verdict<'r>(
+    state: &State,
+    routes: &'r RouteMap,
+    target: Target<'_>,
+    token: Option<&str>,
+) -> (&'r str, Result<Allow, ApiError>) {
     let decision = match routes.decide(target.host, target.method, target.uri) {
         Ok(decision) => decision,
         Err(e) => {
@@ -162,21 +188,19 @@ async fn decide<'r, B>(
                 PathError::InvalidHost => "invalid_host",
                 _ => "invalid_path",
             };
-            return (label, ApiError::Forbidden.into_response());
+            return (label, Err(ApiError::Forbidden));
         }
     };
-    let response = match judge(state, decision.requirement, bearer(req.headers())).await {
-        Ok(allow) => {
-            tracing::debug!(
-                route = decision.route,
-                method = target.method,
-                "check: allowed"
-            );
-            allowed(allow)
-        }
-        Err(e) => refuse(decision.route, e),
-    };
-    (decision.route, response)
+    let verdict = judge(state, decision.requirement, token).await;
+    match &verdict {
+        Ok(_) => tracing::debug!(
+            route = decision.route,
+            method = target.method,
+            "check: allowed"
+        ),
+        Err(e) => refused(decision.route, e),
+    }
+    (decision.route, verdict)
 }
 
 /// The decision for one request, given what its route needs and its bearer token, in the
@@ -265,14 +289,13 @@ fn allowed(allow: Allow) -> Response {
     response
 }
 
-fn refuse(route: &str, e: ApiError) -> Response {
+fn refused(route: &str, e: &ApiError) {
     tracing::debug!(
         route,
         status = e.status().as_u16(),
         code = e.code(),
         "check: refused"
     );
-    e.into_response()
 }
 
 fn no_original() -> Response {

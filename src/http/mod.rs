@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod check;
 pub mod error;
+pub mod grpc;
 pub mod ops;
 pub mod request;
 pub mod response;
@@ -17,6 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode};
+use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -109,7 +111,12 @@ pub async fn serve(
             let state = state.clone();
             let busy = seen.begin();
             async move {
-                let response = dispatch(&state, which, req, peer).await;
+                // gRPC checks share the internal listener's port; their body has trailers.
+                let response = if which == Listener::Internal && grpc::is_grpc(&req) {
+                    grpc::serve(&state, req).await.map(Either::Right)
+                } else {
+                    dispatch(&state, which, req, peer).await.map(Either::Left)
+                };
                 drop(busy);
                 Ok::<_, Infallible>(response)
             }

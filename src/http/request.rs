@@ -288,7 +288,11 @@ fn strip_position(message: &str) -> String {
 
 /// The bearer token of a header map.
 pub fn bearer(headers: &http::HeaderMap) -> Option<&str> {
-    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
+    bearer_of(headers.get(AUTHORIZATION)?.to_str().ok()?)
+}
+
+/// The token of an `Authorization` header value, if its scheme is `Bearer`.
+pub fn bearer_of(value: &str) -> Option<&str> {
     let (scheme, token) = value.split_once(' ')?;
     scheme
         .eq_ignore_ascii_case("bearer")

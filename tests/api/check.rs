@@ -1,5 +1,6 @@
-//! The gateway check endpoint on the internal listener: every decision, in the three request
-//! shapes (Envoy, NGINX, Traefik), over raw HTTP so that paths reach usher exactly as written.
+//! The gateway check endpoint on the internal listener: every decision, in the three HTTP request
+//! shapes (Envoy, NGINX, Traefik), over raw HTTP so that paths reach usher exactly as written,
+//! and over gRPC (Envoy's `Authorization/Check`, with tonic's client) on the same port.
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
@@ -53,9 +54,11 @@ enum Shape {
     Envoy,
     Nginx,
     Traefik,
+    /// `envoy.service.auth.v3.Authorization/Check`.
+    Grpc,
 }
 
-const SHAPES: [Shape; 3] = [Shape::Envoy, Shape::Nginx, Shape::Traefik];
+const SHAPES: [Shape; 4] = [Shape::Envoy, Shape::Nginx, Shape::Traefik, Shape::Grpc];
 
 /// An answer read off the wire.
 #[derive(Debug)]
@@ -140,6 +143,7 @@ async fn ask(
         headers.push(("authorization", a));
     }
     let (check_method, target) = match shape {
+        Shape::Grpc => return grpc::ask(app, method, host, uri, token).await,
         Shape::Envoy => {
             headers.push(("host", host));
             (method, format!("/ext_authz{uri}"))
@@ -177,6 +181,91 @@ async fn ask(
     })
     .await
     .unwrap()
+}
+
+/// The gRPC shape, its answer read as the HTTP one would be: allow → 200 with the headers
+/// usher sets, deny → the `DeniedHttpResponse`'s status, headers and body.
+mod grpc {
+    use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
+    use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+    use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
+    use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
+
+    use super::{Answer, TestApp};
+
+    pub async fn ask(
+        app: &TestApp,
+        method: &str,
+        host: &str,
+        uri: &str,
+        token: Option<&str>,
+    ) -> Answer {
+        let mut client = AuthorizationClient::connect(format!("http://{}", app.internal))
+            .await
+            .unwrap();
+        let mut headers = std::collections::HashMap::new();
+        if let Some(t) = token {
+            headers.insert("authorization".to_owned(), format!("Bearer {t}"));
+        }
+        let request = CheckRequest {
+            attributes: Some(AttributeContext {
+                request: Some(Request {
+                    http: Some(HttpRequest {
+                        method: method.to_owned(),
+                        host: host.to_owned(),
+                        path: uri.to_owned(),
+                        headers,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        };
+        let response = match client.check(request).await {
+            Ok(response) => response.into_inner(),
+            Err(status) => {
+                return Answer {
+                    status: match status.code() {
+                        tonic::Code::Unavailable => 503,
+                        tonic::Code::InvalidArgument => 400,
+                        other => panic!("gRPC status {other:?}: {status}"),
+                    },
+                    headers: vec![("grpc-status".into(), (status.code() as i32).to_string())],
+                    body: String::new(),
+                }
+            }
+        };
+        let code = response.status.as_ref().map_or(0, |s| s.code);
+        let pairs = |headers: &[envoy_types::pb::envoy::config::core::v3::HeaderValueOption]| {
+            headers
+                .iter()
+                .filter_map(|h| h.header.as_ref())
+                .map(|h| (h.key.clone(), h.value.clone()))
+                .collect()
+        };
+        match response.http_response {
+            Some(HttpResponse::OkResponse(ok)) => {
+                assert_eq!(code, 0, "allow with status OK");
+                Answer {
+                    status: 200,
+                    headers: pairs(&ok.headers),
+                    body: String::new(),
+                }
+            }
+            Some(HttpResponse::DeniedResponse(denied)) => {
+                let status = denied.status.map_or(403, |s| s.code as u16);
+                // UNAUTHENTICATED for 401, PERMISSION_DENIED for 403.
+                assert_eq!(code, if status == 401 { 16 } else { 7 }, "{status}");
+                Answer {
+                    status,
+                    headers: pairs(&denied.headers),
+                    body: denied.body,
+                }
+            }
+            other => panic!("no http_response: {other:?}"),
+        }
+    }
 }
 
 async fn spawn_with_map(
@@ -481,6 +570,38 @@ async fn auth_without_the_original_request_is_400() {
 }
 
 #[tokio::test]
+async fn grpc_shares_the_port_and_refuses_what_it_cannot_judge() {
+    use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+    use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
+
+    let (app, _map) = spawn_with_map(MAP, |_| {}).await;
+    // No attributes.request.http: not a check usher can judge, and not a guess either way.
+    let mut client = AuthorizationClient::connect(format!("http://{}", app.internal))
+        .await
+        .unwrap();
+    let status = client.check(CheckRequest::default()).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status}");
+    // The same HTTP/2 connection goes on answering checks.
+    let r = grpc::ask(&app, "GET", HOST, "/api/v1/films/1/stream", None).await;
+    assert_eq!(r.verdict(), (401, "unauthorized".into()));
+
+    // A gRPC content type on an HTTP check (a client's header passed on by the gateway) does
+    // not make it a gRPC answer, whose HTTP status would be 200: it stays an HTTP check.
+    let addr = app.internal;
+    let r = tokio::task::spawn_blocking(move || {
+        raw(
+            addr,
+            "POST",
+            "/ext_authz/api/v1/watchlist",
+            &[("host", HOST), ("content-type", "application/grpc")],
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(r.verdict(), (401, "unauthorized".into()));
+}
+
+#[tokio::test]
 async fn default_policies_authenticated_and_allow() {
     let (app, _map) = spawn_with_map(MAP, |_| {}).await;
     let user = app.user().await;
@@ -660,8 +781,13 @@ async fn unreachable_state_is_503_never_a_guess() {
             Some(&never.access),
         )
         .await;
-        assert_eq!(r.verdict(), (503, "unavailable".into()), "{shape:?}");
-        assert_eq!(r.header("retry-after"), Some("1"));
+        if let Shape::Grpc = shape {
+            // gRPC UNAVAILABLE: Envoy then refuses with its status_on_error.
+            assert_eq!((r.status, r.header("grpc-status")), (503, Some("14")));
+        } else {
+            assert_eq!(r.verdict(), (503, "unavailable".into()), "{shape:?}");
+            assert_eq!(r.header("retry-after"), Some("1"));
+        }
         // What needs no state is still answered.
         let r = ask(&app, shape, "GET", HOST, "/api/v1/auth/login", None).await;
         assert_eq!(r.verdict(), (200, String::new()), "{shape:?}");

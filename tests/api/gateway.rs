@@ -1,9 +1,10 @@
-//! End to end through the real gateways: Envoy (`ext_authz`) and NGINX (`auth_request`) run
-//! from the files in `gateway-config/`, rendered by `gateway-config/render.sh`, in front of usher
-//! and a stub upstream that echoes the headers it receives.
+//! End to end through the real gateways: Envoy (`ext_authz` over HTTP and over gRPC), NGINX
+//! (`auth_request`) and Traefik (`forwardAuth`) run from the files in `gateway-config/`,
+//! rendered by `gateway-config/render.sh`, in front of usher and a stub upstream that echoes the
+//! headers it receives.
 //!
 //! A missing gateway binary fails the test when `CI=true`; elsewhere the test says so and
-//! returns (`.ci/install-gateways` installs both).
+//! returns (`.ci/install-gateways` installs them).
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -29,16 +30,51 @@ const CONFIG_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/gateway-config");
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Envoy,
+    EnvoyGrpc,
     Nginx,
+    Traefik,
 }
 
 impl Kind {
     fn binary(self) -> &'static str {
         match self {
-            Kind::Envoy => "envoy",
+            Kind::Envoy | Kind::EnvoyGrpc => "envoy",
             Kind::Nginx => "nginx",
+            Kind::Traefik => "traefik",
         }
     }
+
+    /// The templates in `gateway-config/`, rendered under the same name; the first is the
+    /// one the gateway is started with.
+    fn templates(self) -> &'static [&'static str] {
+        match self {
+            Kind::Envoy => &["envoy.yaml"],
+            Kind::EnvoyGrpc => &["envoy-grpc.yaml"],
+            Kind::Nginx => &["nginx.conf"],
+            Kind::Traefik => &["traefik/traefik.yml", "traefik/dynamic.yml"],
+        }
+    }
+
+    /// What the client gets when usher cannot be reached.
+    fn usher_down_status(self) -> u16 {
+        match self {
+            // forwardAuth answers its own 500 when the authorizer cannot be reached.
+            Kind::Traefik => 500,
+            _ => 503,
+        }
+    }
+}
+
+/// Renders `template` (a path under `gateway-config/`) to `output`.
+fn render(template: &str, output: &Path, vars: &[(&str, String)]) {
+    let status = Command::new("sh")
+        .arg(Path::new(CONFIG_DIR).join("render.sh"))
+        .arg(Path::new(CONFIG_DIR).join(template))
+        .arg(output)
+        .envs(vars.iter().map(|(k, v)| (*k, v.as_str())))
+        .status()
+        .unwrap();
+    assert!(status.success(), "render.sh {template} failed");
 }
 
 /// The first executable named `name` on PATH (and the sbin folders) that is not a script: a
@@ -103,32 +139,28 @@ impl Gateway {
         std::fs::create_dir_all(&dir).unwrap();
         let port = free_port();
         let admin = free_port();
-        let (template, rendered) = match kind {
-            Kind::Envoy => ("envoy.yaml", dir.join("envoy.yaml")),
-            Kind::Nginx => ("nginx.conf", dir.join("nginx.conf")),
-        };
-        let status = Command::new("sh")
-            .arg(Path::new(CONFIG_DIR).join("render.sh"))
-            .arg(Path::new(CONFIG_DIR).join(template))
-            .arg(&rendered)
-            .env("GATEWAY_PORT", port.to_string())
-            .env("ADMIN_PORT", admin.to_string())
-            .env("USHER_INTERNAL_HOST", "127.0.0.1")
-            .env("USHER_INTERNAL_PORT", internal.to_string())
-            .env("USHER_API_HOST", "127.0.0.1")
-            .env("USHER_API_PORT", api.to_string())
-            .env("UPSTREAM_HOST", "127.0.0.1")
-            .env("UPSTREAM_PORT", upstream.to_string())
-            .status()
-            .unwrap();
-        assert!(status.success(), "render.sh {template} failed");
+        let vars = [
+            ("GATEWAY_PORT", port.to_string()),
+            ("ADMIN_PORT", admin.to_string()),
+            ("USHER_INTERNAL_HOST", "127.0.0.1".to_owned()),
+            ("USHER_INTERNAL_PORT", internal.to_string()),
+            ("USHER_API_HOST", "127.0.0.1".to_owned()),
+            ("USHER_API_PORT", api.to_string()),
+            ("UPSTREAM_HOST", "127.0.0.1".to_owned()),
+            ("UPSTREAM_PORT", upstream.to_string()),
+        ];
+        let rendered = |template: &str| dir.join(Path::new(template).file_name().unwrap());
+        for template in kind.templates() {
+            render(template, &rendered(template), &vars);
+        }
+        let rendered = rendered(kind.templates()[0]);
         let config = std::fs::read_to_string(&rendered).unwrap();
         std::fs::write(&rendered, edit(config)).unwrap();
 
         let mut command = Command::new(&binary);
         match kind {
             // Several Envoys may run at once: each gets its own base id (shared memory name).
-            Kind::Envoy => command.arg("-c").arg(&rendered).args([
+            Kind::Envoy | Kind::EnvoyGrpc => command.arg("-c").arg(&rendered).args([
                 "--base-id",
                 &admin.to_string(),
                 "--log-level",
@@ -140,11 +172,15 @@ impl Gateway {
                 .arg("-c")
                 .arg(&rendered)
                 .args(["-g", "daemon off;"]),
+            // The static config names the dynamic one relative to the working directory.
+            Kind::Traefik => command
+                .arg(format!("--configFile={}", rendered.display()))
+                .current_dir(&dir),
         };
         let log = std::fs::File::create(dir.join("gateway.log")).unwrap();
         let child = command
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(log.try_clone().unwrap())
             .stderr(log)
             .process_group(0)
             .spawn()
@@ -294,9 +330,22 @@ fn seen<'a>(body: &'a Value, name: &str) -> Vec<&'a str> {
         .unwrap_or_default()
 }
 
+/// The repository's own route map, as deployed, and a public route the cinema serves.
+fn route_map_with_a_public_route() -> PathBuf {
+    let shipped = std::fs::read_to_string(Path::new(CONFIG_DIR).join("routes.toml")).unwrap();
+    let path = std::env::temp_dir().join(format!(
+        "usher-routes-{}.toml",
+        uuid::Uuid::new_v4().simple()
+    ));
+    let public = "\n[[route]]\npath = \"/public/{*rest}\"\npublic = true\n";
+    std::fs::write(&path, shipped + public).unwrap();
+    path
+}
+
 async fn through(kind: Kind) {
-    // The repository's own route map, as deployed.
-    let mut app = TestApp::spawn().await;
+    let routes = route_map_with_a_public_route();
+    let file = routes.clone();
+    let mut app = TestApp::spawn_with(move |c| c.routes.file = file).await;
     grant(&app, "non_registered", "films_read").await;
     grant(&app, "user", "films_watch").await;
     let user = app.user().await;
@@ -387,6 +436,20 @@ async fn through(kind: Kind) {
     assert_eq!(seen(&body, "x-user-id"), [user.id.as_str()], "{ctx}");
     assert_eq!(seen(&body, "x-user-roles"), ["user"], "{ctx}");
 
+    // A public route: no token needed, and forged identity headers are dropped there too, with
+    // a token or without.
+    let public = gateway.url("/public/posters/1");
+    for token in [None, t] {
+        let (status, _, body) = send(&client, get.clone(), public.clone(), token, true).await;
+        assert_eq!(status, 200, "{ctx}: {body}");
+        assert_eq!(body["path"], "/public/posters/1", "{ctx}");
+        assert!(seen(&body, "x-user-id").is_empty(), "{ctx}: {body}");
+        assert!(seen(&body, "x-session-id").is_empty(), "{ctx}: {body}");
+        assert_eq!(seen(&body, "x-user-roles"), ["non_registered"], "{ctx}");
+    }
+    let (status, _, body) = send(&client, get.clone(), public.clone(), None, false).await;
+    assert_eq!(status, 200, "{ctx}: {body}");
+
     // Logout through the gateway (usher's own API, public in the route map): the token is
     // refused at the gateway within a second.
     let r = client
@@ -408,18 +471,26 @@ async fn through(kind: Kind) {
 
     // usher gone: nothing gets through, not even what anonymous callers may see.
     app.stop().await;
-    let (status, _, body) = send(&client, get.clone(), films.clone(), None, false).await;
-    assert_eq!(status, 503, "{ctx}: {body}");
-    assert!(
-        body.get("headers").is_none(),
-        "{ctx}: reached the upstream: {body}"
-    );
+    for url in [&films, &public] {
+        let (status, _, body) = send(&client, get.clone(), url.clone(), None, false).await;
+        assert_eq!(status, kind.usher_down_status(), "{ctx}: {url}: {body}");
+        assert!(
+            body.get("headers").is_none(),
+            "{ctx}: reached the upstream: {body}"
+        );
+    }
     upstream_task.abort();
+    let _ = std::fs::remove_file(routes);
 }
 
 #[tokio::test]
 async fn through_envoy() {
     through(Kind::Envoy).await;
+}
+
+#[tokio::test]
+async fn through_envoy_grpc() {
+    through(Kind::EnvoyGrpc).await;
 }
 
 #[tokio::test]
@@ -788,4 +859,68 @@ async fn envoy_and_usher_see_one_request() {
 #[tokio::test]
 async fn nginx_and_usher_see_one_request() {
     one_request(Kind::Nginx).await;
+}
+
+#[tokio::test]
+async fn through_traefik() {
+    through(Kind::Traefik).await;
+}
+
+/// Both Envoy configs pass `envoy --mode validate` as rendered.
+#[tokio::test]
+async fn envoy_configs_validate() {
+    let Some(envoy) = gateway_binary(Kind::Envoy) else {
+        return;
+    };
+    let dir =
+        std::env::temp_dir().join(format!("usher-validate-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let vars = [
+        ("GATEWAY_PORT", "8000".to_owned()),
+        ("ADMIN_PORT", "9901".to_owned()),
+        ("USHER_INTERNAL_HOST", "usher".to_owned()),
+        ("USHER_INTERNAL_PORT", "9191".to_owned()),
+        ("USHER_API_HOST", "usher".to_owned()),
+        ("USHER_API_PORT", "8080".to_owned()),
+        ("UPSTREAM_HOST", "upstream".to_owned()),
+        ("UPSTREAM_PORT", "8080".to_owned()),
+    ];
+    for template in [Kind::Envoy, Kind::EnvoyGrpc].map(|k| k.templates()[0]) {
+        let rendered = dir.join(template);
+        render(template, &rendered, &vars);
+        let out = Command::new(&envoy)
+            .args(["--mode", "validate", "--log-level", "error", "-c"])
+            .arg(&rendered)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{template}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The Kubernetes examples (Istio, Envoy Gateway) pass `gateway-config/kubernetes/check.py`:
+/// kubernetes-validate where it has the kind's schema, the CRD fields they use otherwise, and
+/// their references to each other.
+#[test]
+fn kubernetes_examples_check() {
+    let script = Path::new(CONFIG_DIR).join("kubernetes/check.py");
+    let out = match Command::new("python3").arg(&script).output() {
+        Ok(out) => out,
+        Err(e) if std::env::var("CI").as_deref() != Ok("true") => {
+            eprintln!("NOTICE: python3 cannot be run ({e}); skipping the Kubernetes example check");
+            return;
+        }
+        Err(e) => panic!("python3: {e}"),
+    };
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if stderr.contains("ModuleNotFoundError") && std::env::var("CI").as_deref() != Ok("true") {
+        eprintln!("NOTICE: {stderr}; skipping (.ci/install-gateways installs kubernetes-validate)");
+        return;
+    }
+    assert!(out.status.success(), "{stderr}");
 }
