@@ -8,6 +8,7 @@ mod check;
 mod cli;
 mod deploy;
 mod escalation;
+mod failover;
 mod faults;
 mod gateway;
 mod helpers;
