@@ -23,11 +23,19 @@ impl PgPair {
     /// `None` (after a notice) when PostgreSQL's server binaries are missing outside CI.
     fn start() -> Option<PgPair> {
         // Debian keeps the server programs out of PATH, in a folder per major version.
-        let debian = PathBuf::from("/usr/lib/postgresql/15/bin/initdb");
-        let initdb = if debian.is_file() {
-            debian
-        } else {
-            std::fs::canonicalize(tool("initdb", &[])?).expect("initdb resolves")
+        let newest = std::fs::read_dir("/usr/lib/postgresql")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let version = e.file_name().to_str()?.parse::<u32>().ok()?;
+                Some((version, e.path().join("bin/initdb")))
+            })
+            .filter(|(_, initdb)| initdb.is_file())
+            .max();
+        let initdb = match newest {
+            Some((_, initdb)) => initdb,
+            None => std::fs::canonicalize(tool("initdb", &[])?).expect("initdb resolves"),
         };
         let bin = initdb.parent().expect("a folder").to_path_buf();
         let dir = std::env::temp_dir().join(format!("usher-pg-{}", uuid::Uuid::new_v4().simple()));

@@ -19,5 +19,6 @@ mod refresh;
 mod revocation;
 mod roles;
 mod security;
+mod sentinel;
 mod tls;
 mod users;
