@@ -3,13 +3,17 @@
 //! Sentinel mode the master is asked of the sentinels, and asked again whenever a command fails
 //! (the old master gone, or demoted and answering `-READONLY`).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
-use redis::{Client, ConnectionAddr, FromRedisValue, IntoConnectionInfo, Pipeline, TlsMode};
+use redis::{
+    AsyncConnectionConfig, Client, ConnectionAddr, FromRedisValue, IntoConnectionInfo, Pipeline,
+    TlsMode,
+};
 
 use crate::config::{self, RedisMode};
 
@@ -21,11 +25,24 @@ enum Source {
     Sentinel(tokio::sync::Mutex<SentinelClient>),
 }
 
+/// The command connection.
+#[derive(Clone)]
+enum Conn {
+    /// Standalone: reconnects by itself to the one server there is.
+    Managed(ConnectionManager),
+    /// Sentinel: never reconnects by itself, since the host it knows may have been demoted to
+    /// a replica that still answers reads; a failure drops it and the master is asked again.
+    Direct(MultiplexedConnection),
+}
+
 /// Redis, as usher uses it.
 pub struct Kv {
     source: Source,
-    manager: ArcSwapOption<ConnectionManager>,
+    manager: ArcSwapOption<Conn>,
     connecting: tokio::sync::Mutex<()>,
+    /// Sentinel mode: the master's address, and how many times it changed.
+    master: std::sync::Mutex<Option<String>>,
+    generation: AtomicU64,
     prefix: String,
     timeout: Duration,
 }
@@ -49,6 +66,8 @@ impl Kv {
             source,
             manager: ArcSwapOption::empty(),
             connecting: tokio::sync::Mutex::new(()),
+            master: std::sync::Mutex::new(None),
+            generation: AtomicU64::new(0),
             prefix: cfg.prefix.clone(),
             timeout: cfg.timeout.0,
         }))
@@ -81,7 +100,13 @@ impl Kv {
         self.timeout
     }
 
-    async fn manager(&self) -> Result<Arc<ConnectionManager>, KvError> {
+    /// How many times the master changed (Sentinel mode). A change means writes the old master
+    /// acknowledged may be lost: what was read from Redis before it proves nothing now.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    async fn manager(&self) -> Result<Arc<Conn>, KvError> {
         if let Some(m) = self.manager.load_full() {
             return Ok(m);
         }
@@ -91,26 +116,51 @@ impl Kv {
             return Ok(m);
         }
         let client = self.client().await?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.timeout))
-            .set_response_timeout(Some(self.timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let m = tokio::time::timeout(
-            self.timeout * 2,
-            ConnectionManager::new_with_config(client, config),
-        )
-        .await
-        .map_err(|_| KvError("connect timed out".into()))?
-        .map_err(|e| KvError(e.to_string()))?;
+        let connect = async {
+            match self.source {
+                Source::Standalone(_) => {
+                    let config = ConnectionManagerConfig::new()
+                        .set_connection_timeout(Some(self.timeout))
+                        .set_response_timeout(Some(self.timeout))
+                        .set_number_of_retries(1)
+                        .set_max_delay(Duration::from_millis(500));
+                    ConnectionManager::new_with_config(client.clone(), config)
+                        .await
+                        .map(Conn::Managed)
+                }
+                Source::Sentinel(_) => {
+                    let config = AsyncConnectionConfig::new()
+                        .set_connection_timeout(Some(self.timeout))
+                        .set_response_timeout(Some(self.timeout));
+                    client
+                        .get_multiplexed_async_connection_with_config(&config)
+                        .await
+                        .map(Conn::Direct)
+                }
+            }
+        };
+        let m = tokio::time::timeout(self.timeout * 2, connect)
+            .await
+            .map_err(|_| KvError("connect timed out".into()))?
+            .map_err(|e| KvError(e.to_string()))?;
+        if matches!(self.source, Source::Sentinel(_)) {
+            let addr = client.get_connection_info().addr().to_string();
+            let mut master = self.master.lock().unwrap_or_else(|e| e.into_inner());
+            if master.as_ref().is_some_and(|old| *old != addr) {
+                tracing::warn!(master = %addr, "Redis has a new master");
+                // Before any command reaches it.
+                self.generation.fetch_add(1, Ordering::AcqRel);
+            }
+            *master = Some(addr);
+        }
         let m = Arc::new(m);
         self.manager.store(Some(Arc::clone(&m)));
         Ok(m)
     }
 
     /// After a failed command in Sentinel mode: the next one asks the sentinels for the master
-    /// again (the connection manager alone would reconnect to the same, perhaps demoted, host).
-    fn forget(&self, failed: &Arc<ConnectionManager>) {
+    /// again.
+    fn forget(&self, failed: &Arc<Conn>) {
         if matches!(self.source, Source::Sentinel(_)) {
             self.manager.rcu(|current| match current {
                 Some(m) if Arc::ptr_eq(m, failed) => None,
@@ -122,13 +172,17 @@ impl Kv {
     /// Runs a pipeline (or a single command built as one) with the timeout.
     pub async fn run<T: FromRedisValue>(&self, pipe: &Pipeline) -> Result<T, KvError> {
         let manager = self.manager().await?;
-        let mut conn = (*manager).clone();
-        let failed =
-            match tokio::time::timeout(self.timeout, pipe.query_async::<T>(&mut conn)).await {
-                Ok(Ok(v)) => return Ok(v),
-                Ok(Err(e)) => KvError(e.to_string()),
-                Err(_) => KvError("command timed out".into()),
-            };
+        let query = async {
+            match (*manager).clone() {
+                Conn::Managed(mut c) => pipe.query_async::<T>(&mut c).await,
+                Conn::Direct(mut c) => pipe.query_async::<T>(&mut c).await,
+            }
+        };
+        let failed = match tokio::time::timeout(self.timeout, query).await {
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(e)) => KvError(e.to_string()),
+            Err(_) => KvError("command timed out".into()),
+        };
         self.forget(&manager);
         Err(failed)
     }

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::json;
@@ -36,7 +36,17 @@ impl SentinelSet {
             sentinels: (0..3).map(|_| free_port()).collect(),
             children: Vec::new(),
         };
-        let common = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"];
+        let dir = set.dir.to_string_lossy().into_owned();
+        let common = [
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            &dir,
+        ];
         let master = set.master.to_string();
         set.spawn(&server, &[&["--port", &master], &common[..]].concat());
         let replica = set.replica.to_string();
@@ -159,6 +169,17 @@ async fn sentinel_failover_is_followed_and_no_revoked_token_passes() {
 
     let revoked = a.user().await;
     let valid = a.user().await;
+    // Sessions logged out while the master changes.
+    let mut during = Vec::new();
+    for _ in 0..6 {
+        let r: serde_json::Value = a
+            .login(&revoked.email, &revoked.password)
+            .await
+            .json()
+            .await
+            .unwrap();
+        during.push(r["access_token"].as_str().unwrap().to_owned());
+    }
     assert_eq!(
         a.post("/api/v1/auth/logout", Some(&revoked.access), json!({}))
             .await
@@ -166,32 +187,59 @@ async fn sentinel_failover_is_followed_and_no_revoked_token_passes() {
         204
     );
 
-    // Checks on both replicas for the whole failover: the revoked token never passes.
+    // Checks on both replicas for the whole failover: once its logout has answered, a token
+    // never passes again.
+    let refused = Arc::new(Mutex::new(vec![revoked.access.clone()]));
     let stop = Arc::new(AtomicBool::new(false));
     let wrong_allows = Arc::new(AtomicUsize::new(0));
     let checks = {
-        let (stop, wrong_allows) = (Arc::clone(&stop), Arc::clone(&wrong_allows));
+        let (stop, wrong_allows, refused) = (
+            Arc::clone(&stop),
+            Arc::clone(&wrong_allows),
+            Arc::clone(&refused),
+        );
         let urls = [a.url("/api/v1/users/me"), b.url("/api/v1/users/me")];
-        let token = revoked.access.clone();
         let client = a.client.clone();
         tokio::spawn(async move {
             let mut n = 0usize;
             while !stop.load(Ordering::Relaxed) {
+                let tokens = refused.lock().unwrap().clone();
                 for url in &urls {
-                    let r = client.get(url).bearer_auth(&token).send().await.unwrap();
-                    if r.status().is_success() {
-                        wrong_allows.fetch_add(1, Ordering::Relaxed);
+                    for token in &tokens {
+                        let r = client.get(url).bearer_auth(token).send().await.unwrap();
+                        if r.status().is_success() {
+                            wrong_allows.fetch_add(1, Ordering::Relaxed);
+                        }
+                        n += 1;
                     }
-                    n += 1;
                 }
             }
             n
         })
     };
-
     // The sentinels need to have seen the replica in sync before they fail over to it.
     let asked = eventually(Duration::from_secs(30), || async { set.failover() }).await;
     assert!(asked, "the sentinels should accept SENTINEL FAILOVER");
+    // Logouts on both replicas, one every 100 ms, through the failover.
+    let logouts = {
+        let refused = Arc::clone(&refused);
+        let urls = [a.url("/api/v1/auth/logout"), b.url("/api/v1/auth/logout")];
+        let client = a.client.clone();
+        tokio::spawn(async move {
+            for (i, token) in during.into_iter().enumerate() {
+                let r = client
+                    .post(&urls[i % 2])
+                    .bearer_auth(&token)
+                    .json(&json!({}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 204, "logout during the failover");
+                refused.lock().unwrap().push(token);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
     let moved = eventually(Duration::from_secs(30), || async {
         set.master_port() == Some(set.replica)
     })
@@ -258,6 +306,23 @@ async fn sentinel_failover_is_followed_and_no_revoked_token_passes() {
         .unwrap();
     assert!(marked, "the logout should be marked on the new master");
 
+    logouts.await.unwrap();
+    let all_refused = eventually(Duration::from_secs(1), || async {
+        let tokens = refused.lock().unwrap().clone();
+        for app in [&a, &b] {
+            for token in &tokens {
+                if app.get("/api/v1/users/me", Some(token)).await.status() != 401 {
+                    return false;
+                }
+            }
+        }
+        true
+    })
+    .await;
+    assert!(
+        all_refused,
+        "every logout made during the failover is refused on both"
+    );
     stop.store(true, Ordering::Relaxed);
     let n = checks.await.unwrap();
     assert!(n > 0);
