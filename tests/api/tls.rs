@@ -413,11 +413,11 @@ async fn redis_over_tls_carries_revocations() {
         204
     );
     // the revocation is in the TLS Redis, and the other replica heard it on the feed
+    let (hash, field) = crate::revocation::mark(&a.config.redis.prefix, "s", &sid);
     let mut key = redis::pipe();
-    key.cmd("EXISTS")
-        .arg(format!("{}revoked:{sid}", a.config.redis.prefix));
-    let stored: (u32,) = a.state.kv.run(&key).await.unwrap();
-    assert_eq!(stored, (1,));
+    key.cmd("HEXISTS").arg(hash).arg(field);
+    let stored: (bool,) = a.state.kv.run(&key).await.unwrap();
+    assert_eq!(stored, (true,));
     assert!(
         eventually(Duration::from_secs(5), || async {
             b.get("/api/v1/users/me", Some(&u.access)).await.status() == 401
