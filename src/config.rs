@@ -125,6 +125,13 @@ pub struct Redis {
     pub timeout: Dur,
     /// CA bundle (PEM) that verifies a `rediss://` server instead of the system's roots.
     pub ca_file: Option<PathBuf>,
+    /// One server (`url`), or a master found through Sentinel.
+    pub mode: RedisMode,
+    /// Sentinel mode: the sentinels' URLs (a list, or one comma-separated string).
+    #[serde(deserialize_with = "list_or_commas")]
+    pub sentinels: Vec<String>,
+    /// Sentinel mode: the name the sentinels monitor the master under.
+    pub master_name: String,
 }
 
 impl Default for Redis {
@@ -134,8 +141,42 @@ impl Default for Redis {
             prefix: "usher:".into(),
             timeout: Dur::millis(500),
             ca_file: None,
+            mode: RedisMode::Standalone,
+            sentinels: Vec::new(),
+            master_name: String::new(),
         }
     }
+}
+
+/// How usher finds its Redis.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RedisMode {
+    /// The server at `redis.url`.
+    #[default]
+    Standalone,
+    /// The master the sentinels name, followed across failovers. `redis.url` still gives the
+    /// database number, credentials and TLS for the master; its host is not used.
+    Sentinel,
+}
+
+/// A list, or a comma-separated string (as environment variables give it).
+fn list_or_commas<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        List(Vec<String>),
+        Commas(String),
+    }
+    let items = match Either::deserialize(d)? {
+        Either::List(items) => items,
+        Either::Commas(s) => s.split(',').map(str::to_owned).collect(),
+    };
+    Ok(items
+        .into_iter()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect())
 }
 
 /// Signing algorithm of access tokens.
@@ -386,7 +427,7 @@ impl Config {
             .filter(|(_, d)| d.0.is_zero())
             .map(|(key, _)| *key)
             .chain(sizes.iter().filter(|(_, n)| *n == 0).map(|(key, _)| *key));
-        let problems: Vec<String> = zero
+        let mut problems: Vec<String> = zero
             .map(|key| {
                 let path: Vec<&str> = key.split('.').collect();
                 let source = figment
@@ -396,6 +437,14 @@ impl Config {
                 format!("{key} = 0{source}: must be greater than zero")
             })
             .collect();
+        if self.redis.mode == RedisMode::Sentinel {
+            if self.redis.sentinels.is_empty() {
+                problems.push("redis.sentinels: required when redis.mode = \"sentinel\"".into());
+            }
+            if self.redis.master_name.is_empty() {
+                problems.push("redis.master_name: required when redis.mode = \"sentinel\"".into());
+            }
+        }
         if problems.is_empty() {
             Ok(())
         } else {
@@ -408,6 +457,7 @@ impl Config {
         let mut copy = self.clone();
         copy.database.url = Secret::new(mask_url(self.database.url.expose()));
         copy.redis.url = Secret::new(mask_url(self.redis.url.expose()));
+        copy.redis.sentinels = self.redis.sentinels.iter().map(|u| mask_url(u)).collect();
         if copy.tokens.hs256_secret.is_some() {
             copy.tokens.hs256_secret = Some(Secret::new("***"));
         }
@@ -811,6 +861,42 @@ mod tests {
             jail.set_env("USHER_DATABASE__URL", "postgres://c@db/y");
             let c = Config::load(None)?;
             assert_eq!(c.database.url.expose(), "postgres://c@db/y");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn sentinel_mode_takes_a_comma_separated_list_and_needs_a_master_name() {
+        Jail::expect_with(|jail| {
+            jail.set_env("USHER_REDIS__MODE", "sentinel");
+            jail.set_env(
+                "USHER_REDIS__SENTINELS",
+                "redis://s1:26379, redis://s2:26379,redis://s3:26379",
+            );
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(err.contains("redis.master_name: required"), "{err}");
+            jail.set_env("USHER_REDIS__MASTER_NAME", "usher");
+            let c = Config::load(None)?;
+            assert_eq!(c.redis.mode, RedisMode::Sentinel);
+            assert_eq!(
+                c.redis.sentinels,
+                ["redis://s1:26379", "redis://s2:26379", "redis://s3:26379"]
+            );
+            Ok(())
+        });
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "usher.toml",
+                "[redis]\nmode = \"sentinel\"\nmaster_name = \"usher\"\n\
+                 sentinels = [\"redis://a:26379\", \"redis://b:26379\"]\n",
+            )?;
+            let c = Config::load(Some(Path::new("usher.toml")))?;
+            assert_eq!(c.redis.sentinels, ["redis://a:26379", "redis://b:26379"]);
+            jail.create_file("usher.toml", "[redis]\nmode = \"sentinel\"\n")?;
+            let err = Config::load(Some(Path::new("usher.toml")))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("redis.sentinels: required"), "{err}");
             Ok(())
         });
     }

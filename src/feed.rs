@@ -60,7 +60,8 @@ async fn subscribe_and_listen(
     up: &mut bool,
 ) -> anyhow::Result<()> {
     let timeout = state.kv.timeout();
-    let mut pubsub = tokio::time::timeout(timeout * 2, state.kv.client().get_async_pubsub())
+    let client = state.kv.client().await?;
+    let mut pubsub = tokio::time::timeout(timeout * 2, client.get_async_pubsub())
         .await
         .map_err(|_| anyhow::anyhow!("connecting timed out"))??;
     tokio::time::timeout(timeout * 2, pubsub.subscribe(channel))

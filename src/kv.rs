@@ -1,20 +1,48 @@
 //! The Redis handle: one auto-reconnecting multiplexed connection, the key prefix, and a
-//! timeout on every command so that a dead Redis costs a bounded wait, never a hang.
+//! timeout on every command so that a dead Redis costs a bounded wait, never a hang. In
+//! Sentinel mode the master is asked of the sentinels, and asked again whenever a command fails
+//! (the old master gone, or demoted and answering `-READONLY`).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, FromRedisValue, Pipeline};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
+use redis::{
+    AsyncConnectionConfig, Client, ConnectionAddr, FromRedisValue, IntoConnectionInfo, Pipeline,
+    TlsMode,
+};
 
-use crate::config;
+use crate::config::{self, RedisMode};
+
+/// Where the Redis server comes from.
+enum Source {
+    /// `redis.url`.
+    Standalone(Client),
+    /// The current master, as the sentinels name it.
+    Sentinel(tokio::sync::Mutex<SentinelClient>),
+}
+
+/// The command connection.
+#[derive(Clone)]
+enum Conn {
+    /// Standalone: reconnects by itself to the one server there is.
+    Managed(ConnectionManager),
+    /// Sentinel: never reconnects by itself, since the host it knows may have been demoted to
+    /// a replica that still answers reads; a failure drops it and the master is asked again.
+    Direct(MultiplexedConnection),
+}
 
 /// Redis, as usher uses it.
 pub struct Kv {
-    client: Client,
-    manager: ArcSwapOption<ConnectionManager>,
+    source: Source,
+    manager: ArcSwapOption<Conn>,
     connecting: tokio::sync::Mutex<()>,
+    /// Sentinel mode: the master's address, and how many times it changed.
+    master: std::sync::Mutex<Option<String>>,
+    generation: AtomicU64,
     prefix: String,
     timeout: Duration,
 }
@@ -27,19 +55,39 @@ pub struct KvError(pub String);
 impl Kv {
     /// Prepares the handle; connects lazily so usher starts while Redis is down.
     pub fn new(cfg: &config::Redis) -> anyhow::Result<Arc<Kv>> {
-        let client = crate::tls::redis_client(cfg.url.expose(), cfg.ca_file.as_deref())?;
+        let source = match cfg.mode {
+            RedisMode::Standalone => Source::Standalone(crate::tls::redis_client(
+                cfg.url.expose(),
+                cfg.ca_file.as_deref(),
+            )?),
+            RedisMode::Sentinel => Source::Sentinel(tokio::sync::Mutex::new(sentinel_client(cfg)?)),
+        };
         Ok(Arc::new(Kv {
-            client,
+            source,
             manager: ArcSwapOption::empty(),
             connecting: tokio::sync::Mutex::new(()),
+            master: std::sync::Mutex::new(None),
+            generation: AtomicU64::new(0),
             prefix: cfg.prefix.clone(),
             timeout: cfg.timeout.0,
         }))
     }
 
-    /// The client, for the change feed's dedicated subscriber connection.
-    pub fn client(&self) -> &Client {
-        &self.client
+    /// A client for the server to use now (in Sentinel mode, the current master): for the
+    /// command connection and the change feed's dedicated subscriber connection.
+    pub async fn client(&self) -> Result<Client, KvError> {
+        match &self.source {
+            Source::Standalone(client) => Ok(client.clone()),
+            Source::Sentinel(sentinel) => {
+                // Boxed: the discovery future is deep, and every command's future embeds it.
+                let ask: std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send + '_>> =
+                    Box::pin(async { sentinel.lock().await.async_get_client().await });
+                tokio::time::timeout(self.timeout * 2, ask)
+                    .await
+                    .map_err(|_| KvError("asking the sentinels timed out".into()))?
+                    .map_err(|e| KvError(format!("no master from the sentinels: {e}")))
+            }
+        }
     }
 
     /// `prefix` + `name`.
@@ -52,39 +100,91 @@ impl Kv {
         self.timeout
     }
 
-    async fn manager(&self) -> Result<ConnectionManager, KvError> {
+    /// How many times the master changed (Sentinel mode). A change means writes the old master
+    /// acknowledged may be lost: what was read from Redis before it proves nothing now.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    async fn manager(&self) -> Result<Arc<Conn>, KvError> {
         if let Some(m) = self.manager.load_full() {
-            return Ok((*m).clone());
+            return Ok(m);
         }
         // One connection attempt at a time; the others wait for its result.
         let _guard = self.connecting.lock().await;
         if let Some(m) = self.manager.load_full() {
-            return Ok((*m).clone());
+            return Ok(m);
         }
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.timeout))
-            .set_response_timeout(Some(self.timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let m = tokio::time::timeout(
-            self.timeout * 2,
-            ConnectionManager::new_with_config(self.client.clone(), config),
-        )
-        .await
-        .map_err(|_| KvError("connect timed out".into()))?
-        .map_err(|e| KvError(e.to_string()))?;
-        self.manager.store(Some(Arc::new(m.clone())));
+        let client = self.client().await?;
+        let connect = async {
+            match self.source {
+                Source::Standalone(_) => {
+                    let config = ConnectionManagerConfig::new()
+                        .set_connection_timeout(Some(self.timeout))
+                        .set_response_timeout(Some(self.timeout))
+                        .set_number_of_retries(1)
+                        .set_max_delay(Duration::from_millis(500));
+                    ConnectionManager::new_with_config(client.clone(), config)
+                        .await
+                        .map(Conn::Managed)
+                }
+                Source::Sentinel(_) => {
+                    let config = AsyncConnectionConfig::new()
+                        .set_connection_timeout(Some(self.timeout))
+                        .set_response_timeout(Some(self.timeout));
+                    client
+                        .get_multiplexed_async_connection_with_config(&config)
+                        .await
+                        .map(Conn::Direct)
+                }
+            }
+        };
+        let m = tokio::time::timeout(self.timeout * 2, connect)
+            .await
+            .map_err(|_| KvError("connect timed out".into()))?
+            .map_err(|e| KvError(e.to_string()))?;
+        if matches!(self.source, Source::Sentinel(_)) {
+            let addr = client.get_connection_info().addr().to_string();
+            let mut master = self.master.lock().unwrap_or_else(|e| e.into_inner());
+            if master.as_ref().is_some_and(|old| *old != addr) {
+                tracing::warn!(master = %addr, "Redis has a new master");
+                // Before any command reaches it.
+                self.generation.fetch_add(1, Ordering::AcqRel);
+            }
+            *master = Some(addr);
+        }
+        let m = Arc::new(m);
+        self.manager.store(Some(Arc::clone(&m)));
         Ok(m)
+    }
+
+    /// After a failed command in Sentinel mode: the next one asks the sentinels for the master
+    /// again.
+    fn forget(&self, failed: &Arc<Conn>) {
+        if matches!(self.source, Source::Sentinel(_)) {
+            self.manager.rcu(|current| match current {
+                Some(m) if Arc::ptr_eq(m, failed) => None,
+                other => other.clone(),
+            });
+        }
     }
 
     /// Runs a pipeline (or a single command built as one) with the timeout.
     pub async fn run<T: FromRedisValue>(&self, pipe: &Pipeline) -> Result<T, KvError> {
-        let mut conn = self.manager().await?;
-        match tokio::time::timeout(self.timeout, pipe.query_async::<T>(&mut conn)).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(KvError(e.to_string())),
-            Err(_) => Err(KvError("command timed out".into())),
-        }
+        let manager = self.manager().await?;
+        let query = async {
+            match (*manager).clone() {
+                Conn::Managed(mut c) => pipe.query_async::<T>(&mut c).await,
+                Conn::Direct(mut c) => pipe.query_async::<T>(&mut c).await,
+            }
+        };
+        let failed = match tokio::time::timeout(self.timeout, query).await {
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(e)) => KvError(e.to_string()),
+            Err(_) => KvError("command timed out".into()),
+        };
+        self.forget(&manager);
+        Err(failed)
     }
 
     /// Whether Redis answers a PING now.
@@ -93,4 +193,30 @@ impl Kv {
         pipe.cmd("PING");
         self.run::<(String,)>(&pipe).await.is_ok()
     }
+}
+
+/// The sentinels, asked for the master named `redis.master_name`; `redis.url` gives the
+/// master's database, credentials and TLS.
+fn sentinel_client(cfg: &config::Redis) -> anyhow::Result<SentinelClient> {
+    anyhow::ensure!(
+        cfg.ca_file.is_none(),
+        "redis.ca_file is not supported with redis.mode = \"sentinel\"; use the system's roots"
+    );
+    let node = cfg
+        .url
+        .expose()
+        .into_connection_info()
+        .map_err(|e| anyhow::anyhow!("redis.url is not a valid Redis URL: {e}"))?;
+    let mut info = SentinelNodeConnectionInfo::default()
+        .set_redis_connection_info(node.redis_settings().clone());
+    if matches!(node.addr(), ConnectionAddr::TcpTls { .. }) {
+        info = info.set_tls_mode(TlsMode::Secure);
+    }
+    SentinelClient::build(
+        cfg.sentinels.clone(),
+        cfg.master_name.clone(),
+        Some(info),
+        SentinelServerType::Master,
+    )
+    .map_err(|e| anyhow::anyhow!("redis.sentinels: {e}"))
 }

@@ -235,13 +235,14 @@ pub struct Revocation {
     /// still valid while the epoch is `e`: the hot path then skips both cache lookups.
     epoch: AtomicU64,
     state_ttl: Duration,
+    /// The Redis master generation (`Kv::generation`) last seen by `fetch`.
+    master_seen: AtomicU64,
 }
 
 impl Revocation {
     /// Empty caches; the feed is down until `feed::run` brings it up.
     pub fn new(kv: Arc<Kv>, pool: Pool, cache: &config::Cache, access_ttl: Duration) -> Self {
         Revocation {
-            kv,
             pool,
             states: States::new(cache.states, cache.state_ttl.0),
             feed_up: AtomicBool::new(false),
@@ -251,6 +252,8 @@ impl Revocation {
             mirror_ttl: access_ttl.max(Duration::from_secs(1)),
             epoch: AtomicU64::new(1),
             state_ttl: cache.state_ttl.0,
+            master_seen: AtomicU64::new(kv.generation()),
+            kv,
         }
     }
 
@@ -319,9 +322,17 @@ impl Revocation {
     }
 
     async fn fetch(&self, session: Uuid, user: Uuid) -> Result<(bool, i64), Unavailable> {
+        // A new Redis master (Sentinel failover) may lack marks the old one acknowledged: ask
+        // PostgreSQL until the mirror is rebuilt, and never take an answer read across the change.
+        let generation = self.kv.generation();
+        if self.master_seen.swap(generation, Ordering::AcqRel) != generation {
+            tracing::warn!("Redis has a new master; asking PostgreSQL until the mirror is rebuilt");
+            self.fell_behind();
+        }
         if !self.redis_is_behind() {
             match self.ask_redis(session, user).await {
-                Ok(Some(answer)) => return Ok(answer),
+                Ok(Some(answer)) if self.kv.generation() == generation => return Ok(answer),
+                Ok(Some(_)) => {}
                 Ok(None) => {
                     tracing::warn!("the Redis mirror is incomplete; asking PostgreSQL");
                     self.fell_behind();

@@ -11,9 +11,13 @@ pub mod sessions;
 pub mod users;
 
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{
+    HookError, Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
+};
 use tokio_postgres::error::SqlState;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
@@ -52,6 +56,11 @@ impl From<tokio_postgres::Error> for StoreError {
                     _ => StoreError::Other(e.into()),
                 };
             }
+            if *db.code() == SqlState::READ_ONLY_SQL_TRANSACTION {
+                // The server this connection reaches is no longer the primary.
+                suspect_read_only();
+                return StoreError::Unavailable(db.message().to_owned());
+            }
             let class = &db.code().code()[..2];
             // 08: connection exception, 57: operator intervention (shutdown), 53: resources.
             if matches!(class, "08" | "57" | "53") {
@@ -66,10 +75,50 @@ impl From<tokio_postgres::Error> for StoreError {
     }
 }
 
-impl From<deadpool_postgres::PoolError> for StoreError {
-    fn from(e: deadpool_postgres::PoolError) -> Self {
+impl From<PoolError> for StoreError {
+    fn from(e: PoolError) -> Self {
         StoreError::Unavailable(e.to_string())
     }
+}
+
+/// How long after a read-only error every pooled connection is checked before use.
+const READ_ONLY_WATCH_MS: u64 = 30_000;
+
+/// Until when (ms since the epoch) connections are checked for a read-only server.
+static READ_ONLY_UNTIL: AtomicU64 = AtomicU64::new(0);
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// A statement failed with `read_only_sql_transaction`: the primary was demoted under an open
+/// connection. For a while, each connection is checked before it is handed out, and those that
+/// reach a read-only server are dropped, so the pool reconnects (with
+/// `target_session_attrs=read-write`, to the new primary).
+fn suspect_read_only() {
+    READ_ONLY_UNTIL.store(now_ms() + READ_ONLY_WATCH_MS, Ordering::Relaxed);
+}
+
+/// The pool's post-recycle hook: free in the steady state, one round trip per checkout while a
+/// read-only error is recent.
+async fn drop_if_read_only(client: &tokio_postgres::Client) -> Result<(), HookError> {
+    if now_ms() >= READ_ONLY_UNTIL.load(Ordering::Relaxed) {
+        return Ok(());
+    }
+    let rows = client
+        .simple_query("show transaction_read_only")
+        .await
+        .map_err(HookError::Backend)?;
+    let read_only = rows.iter().any(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0) == Some("on"),
+        _ => false,
+    });
+    if read_only {
+        return Err(HookError::message("the server is read-only"));
+    }
+    Ok(())
 }
 
 /// A pooled connection, or 503.
@@ -99,6 +148,9 @@ pub async fn connect(cfg: &config::Database) -> anyhow::Result<Pool> {
         .wait_timeout(Some(cfg.timeout.0))
         .create_timeout(Some(cfg.timeout.0))
         .recycle_timeout(Some(cfg.timeout.0))
+        .post_recycle(deadpool_postgres::Hook::async_fn(|client, _| {
+            Box::pin(drop_if_read_only(client))
+        }))
         .build()
         .context("building the PostgreSQL pool")?;
     Ok(pool)
