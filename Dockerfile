@@ -28,7 +28,8 @@ USER usher
 # 8080: the API (through the gateway). 9191: the check endpoint, health and metrics — keep it
 # off the public network.
 EXPOSE 8080 9191
-HEALTHCHECK --interval=5s --timeout=2s --start-period=10s --retries=5 \
-    CMD curl -fsS -o /dev/null http://127.0.0.1:9191/readyz || exit 1
+# Ready or degraded (Redis down) is healthy; unready (PostgreSQL down) or draining is not.
+HEALTHCHECK --interval=5s --timeout=6s --start-period=10s --retries=5 \
+    CMD ["usher", "healthcheck"]
 ENTRYPOINT ["usher"]
 CMD ["serve"]

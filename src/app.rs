@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -45,6 +46,27 @@ pub struct State {
     pub routes: Arc<ArcSwap<RouteMap>>,
     /// Counters and histograms for `/metrics`.
     pub metrics: crate::metrics::Metrics,
+    /// Set on SIGTERM: `/readyz` answers 503 while requests are still served.
+    pub draining: AtomicBool,
+}
+
+impl State {
+    /// Whether shutdown has begun.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+}
+
+impl State {
+    /// Rereads the signing keys; when one was retired, tokens verified with it are forgotten
+    /// so that they are verified again, and refused.
+    pub async fn reload_keys(&self) {
+        match self.tokens.reload(&self.db, &self.config.tokens).await {
+            Ok(true) => self.guard.forget_all(),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "signing keys not reloaded"),
+        }
+    }
 }
 
 /// Loads the route map named by the configuration; fatal at startup when it is bad.
@@ -98,6 +120,7 @@ impl Application {
             guard,
             routes: Arc::new(ArcSwap::from_pointee(routes)),
             metrics: crate::metrics::Metrics::default(),
+            draining: AtomicBool::new(false),
         });
         Ok(Application {
             api,
@@ -125,12 +148,19 @@ impl Application {
         self.state.clone()
     }
 
-    /// Serves until `shutdown` resolves, then finishes in-flight requests (bounded).
+    /// Serves until `shutdown` resolves; then drains: `/readyz` answers 503 while requests are
+    /// still served for `listen.drain_delay` (gateways stop sending), then the listeners close
+    /// and in-flight requests finish within `listen.shutdown_grace`.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let (stop, stopped) = watch::channel(false);
         let grace = self.state.config.listen.shutdown_grace.0;
         tracing::info!(api = %self.api_addr(), internal = %self.internal_addr(), "usher listening");
         let feed = tokio::spawn(feed::run(self.state.clone(), stopped.clone()));
+        let retention = tokio::spawn(crate::retention::run(self.state.clone(), stopped.clone()));
+        let mender = {
+            let (state, stopped) = (self.state.clone(), stopped.clone());
+            tokio::spawn(async move { state.revocation.mend(stopped).await })
+        };
         let reloader = self.spawn_route_reloader();
         let api = tokio::spawn(http::serve(
             self.api,
@@ -146,11 +176,16 @@ impl Application {
             stopped,
             grace,
         ));
+        let state = self.state.clone();
         shutdown.await;
-        tracing::info!("shutting down");
+        let delay = state.config.listen.drain_delay;
+        tracing::info!(%delay, "draining: /readyz answers 503, requests are still served");
+        state.draining.store(true, Ordering::Relaxed);
+        tokio::time::sleep(delay.0).await;
+        tracing::info!("closing the listeners");
         let _ = stop.send(true);
         reloader.abort();
-        let _ = tokio::join!(api, internal, feed);
+        let _ = tokio::join!(api, internal, feed, retention, mender);
         Ok(())
     }
 

@@ -1,7 +1,7 @@
 //! The command line: `serve`, `migrate`, `roles create`, `superuser create`, `keys rotate`,
-//! `routes check`, `config`.
+//! `keys retire`, `routes check`, `config`, `healthcheck`.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -60,6 +60,9 @@ pub enum Command {
     },
     /// Print the effective configuration, secrets masked.
     Config,
+    /// Ask this usher's internal listener for `/readyz`: exit 0 when ready or degraded, 1
+    /// otherwise. For container health checks; needs no curl.
+    Healthcheck,
 }
 
 /// `usher routes ...`.
@@ -102,22 +105,34 @@ pub enum RolesCommand {
 /// `usher superuser ...`.
 #[derive(Debug, Subcommand)]
 pub enum SuperuserCommand {
-    /// Create a user holding `superuser`, or give an existing user that role (idempotent).
-    /// Without `--email`, asks for e-mail and password; with it, the password of a new user
-    /// comes from `USHER_SUPERUSER_PASSWORD` or else one line of stdin. An existing user keeps
-    /// their password.
+    /// Create a user holding `superuser` (idempotent for an existing superuser). Without
+    /// `--email`, asks for e-mail and password; with it, the password comes from
+    /// `USHER_SUPERUSER_PASSWORD`, the file named by `USHER_SUPERUSER_PASSWORD_FILE`, or else
+    /// one line of stdin. An existing account that is not a superuser is refused: on an open
+    /// registration anyone may have registered that address, with a password they know.
     Create {
         /// The superuser's e-mail.
         #[arg(long)]
         email: Option<String>,
+        /// Promote an existing account (in any letter case) that is not a superuser yet; it
+        /// keeps its password. Only for an account you know is yours.
+        #[arg(long)]
+        promote_existing: bool,
     },
 }
 
 /// `usher keys ...`.
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
-    /// Add a new signing key; tokens signed by older keys stay valid until they expire.
+    /// Add a new signing key; tokens signed by older keys stay valid until they expire, and
+    /// the old key retires by itself `tokens.access_ttl` plus 30 s later.
     Rotate,
+    /// Retire a key at once (a leaked key): it leaves the JWKS and its tokens are refused by
+    /// every running replica. The key that signs must be rotated out first.
+    Retire {
+        /// The key id (`kid`), as the JWKS lists it.
+        kid: String,
+    },
 }
 
 /// Runs a parsed command line.
@@ -130,6 +145,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         return routes_check(file, probe);
     }
     let config = Config::load(cli.config.as_deref()).context("invalid configuration")?;
+    if let Command::Healthcheck = cli.command {
+        return healthcheck(&config).await;
+    }
     init_logging(&config);
     match cli.command {
         Command::Serve => {
@@ -165,8 +183,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             command: RolesCommand::Revoke { role, permissions },
         } => change_grants(&config, &role, &permissions, false).await,
         Command::Superuser {
-            command: SuperuserCommand::Create { email },
-        } => superuser_create(&config, email).await,
+            command:
+                SuperuserCommand::Create {
+                    email,
+                    promote_existing,
+                },
+        } => superuser_create(&config, email, promote_existing).await,
         Command::Keys {
             command: KeysCommand::Rotate,
         } => {
@@ -177,7 +199,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("new signing key {kid}");
             Ok(())
         }
-        Command::Routes { .. } => Ok(()),
+        Command::Keys {
+            command: KeysCommand::Retire { kid },
+        } => {
+            let pool = store::connect(&config.database).await?;
+            store::migrate::migrate(&pool).await?;
+            crate::tokens::retire(&pool, &kid).await?;
+            announce(&config, "k").await;
+            println!("signing key {kid} retired");
+            Ok(())
+        }
+        Command::Routes { .. } | Command::Healthcheck => Ok(()),
         Command::Config => {
             print!("{}", toml::to_string(&config.masked())?);
             Ok(())
@@ -234,6 +266,37 @@ async fn change_grants(
     Ok(())
 }
 
+/// `usher healthcheck`: one `GET /readyz` to the configured internal address (127.0.0.1 or
+/// ::1 when it is bound to every interface), with a bounded wait.
+async fn healthcheck(config: &Config) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut addr = config.listen.internal;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let ask = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        let request = format!("GET /readyz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        let mut answer = Vec::new();
+        stream.take(64 * 1024).read_to_end(&mut answer).await?;
+        std::io::Result::Ok(answer)
+    };
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(5), ask)
+        .await
+        .map_err(|_| anyhow::anyhow!("{addr} did not answer within 5s"))?
+        .with_context(|| format!("asking {addr} for /readyz"))?;
+    let answer = String::from_utf8_lossy(&answer);
+    let status = answer.split(' ').nth(1).unwrap_or_default();
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b.trim());
+    anyhow::ensure!(status == "200", "not ready: {status} {body}");
+    println!("{body}");
+    Ok(())
+}
+
 /// `usher routes check FILE [--probe REQUEST]...`.
 fn routes_check(file: &std::path::Path, probes: &[String]) -> anyhow::Result<()> {
     let map = RouteMap::load(file, &crate::permissions::builtin_names())?;
@@ -268,9 +331,15 @@ fn routes_check(file: &std::path::Path, probes: &[String]) -> anyhow::Result<()>
 
 /// The variable `superuser create --email` reads the password from.
 pub const SUPERUSER_PASSWORD_VAR: &str = "USHER_SUPERUSER_PASSWORD";
+/// The variable naming a file that holds the password instead.
+pub const SUPERUSER_PASSWORD_FILE_VAR: &str = "USHER_SUPERUSER_PASSWORD_FILE";
 
 /// `usher superuser create`.
-async fn superuser_create(config: &Config, email: Option<String>) -> anyhow::Result<()> {
+async fn superuser_create(
+    config: &Config,
+    email: Option<String>,
+    promote_existing: bool,
+) -> anyhow::Result<()> {
     let interactive = email.is_none();
     let email = match email {
         Some(e) => e,
@@ -287,6 +356,16 @@ async fn superuser_create(config: &Config, email: Option<String>) -> anyhow::Res
     store::migrate::seed(&pool, routes.service_permissions()).await?;
     let mut db = pool.get().await.context("connecting to PostgreSQL")?;
     let existing = store::users::credentials(&db, &email).await?;
+    if let Some(found) = &existing {
+        let already = found.user.roles.iter().any(|r| r == SUPERUSER);
+        anyhow::ensure!(
+            already || promote_existing,
+            "an account {} already exists and is not a superuser; it may have been registered \
+             by someone else, with a password they know. If it is yours, run again with \
+             --promote-existing (it keeps its password); otherwise choose another e-mail",
+            found.user.email
+        );
+    }
     // Only a new user needs a password: promoting someone never resets theirs.
     let hash = match &existing {
         Some(_) => None,
@@ -308,7 +387,11 @@ async fn superuser_create(config: &Config, email: Option<String>) -> anyhow::Res
     let tx = db.transaction().await?;
     let user = match (&existing, &hash) {
         (Some(found), _) => found.user.clone(),
-        (None, Some(hash)) => store::users::create(&tx, &email, hash).await?,
+        // Someone registering the address meanwhile makes this fail on the unique e-mail:
+        // never a silent promotion of their account.
+        (None, Some(hash)) => store::users::create(&tx, &email, hash)
+            .await
+            .with_context(|| format!("creating {email}"))?,
         (None, None) => anyhow::bail!("no password to create {email} with"),
     };
     let version = store::users::add_role_named(&tx, user.id, SUPERUSER).await?;
@@ -347,18 +430,35 @@ fn prompt_line(prompt: &str) -> anyhow::Result<String> {
     Ok(line.trim().to_owned())
 }
 
-/// Asks twice for a new password without echoing it.
+/// Asks twice for a new password without echoing it: on a terminal with echo off; from
+/// anything else (a pipe, a file) two lines are read and nothing of them is written.
 fn prompt_new_password() -> anyhow::Result<String> {
-    let first = rpassword::prompt_password("Password: ").context("reading the password")?;
-    let second = rpassword::prompt_password("Repeat password: ").context("reading the password")?;
+    let ask = |prompt: &str| -> anyhow::Result<String> {
+        if std::io::stdin().is_terminal() {
+            return rpassword::prompt_password(prompt).context("reading the password");
+        }
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .context("reading the password from stdin")?;
+        Ok(line.trim_end_matches(['\n', '\r']).to_owned())
+    };
+    let first = ask("Password: ")?;
+    let second = ask("Repeat password: ")?;
     if first != second {
         anyhow::bail!("the passwords do not match");
     }
     Ok(first)
 }
 
-/// `USHER_SUPERUSER_PASSWORD`, or else one line of stdin (its line ending dropped, spaces kept).
+/// `USHER_SUPERUSER_PASSWORD`, the file `USHER_SUPERUSER_PASSWORD_FILE` names, or else one
+/// line of stdin (its line ending dropped, spaces kept).
 fn password_from_env_or_stdin() -> anyhow::Result<String> {
+    if let Some((_, password)) =
+        crate::config::secret_from_env(SUPERUSER_PASSWORD_VAR).map_err(anyhow::Error::msg)?
+    {
+        return Ok(password);
+    }
     if let Ok(password) = std::env::var(SUPERUSER_PASSWORD_VAR) {
         return Ok(password);
     }
@@ -367,7 +467,10 @@ fn password_from_env_or_stdin() -> anyhow::Result<String> {
         .read_line(&mut line)
         .context("reading the password from stdin")?;
     if n == 0 {
-        anyhow::bail!("no password: set {SUPERUSER_PASSWORD_VAR} or write it as one line on stdin");
+        anyhow::bail!(
+            "no password: set {SUPERUSER_PASSWORD_VAR} or {SUPERUSER_PASSWORD_FILE_VAR}, or \
+             write it as one line on stdin"
+        );
     }
     Ok(line.trim_end_matches(['\n', '\r']).to_owned())
 }
@@ -384,9 +487,12 @@ fn init_logging(config: &Config) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, never into files or log pipelines.
+        .with_ansi(std::io::stderr().is_terminal());
     let _ = match config.log.format {
-        LogFormat::Json => builder.json().try_init(),
+        // Fields at the top level of each object, as log shippers expect.
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.try_init(),
     };
 }

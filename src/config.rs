@@ -1,14 +1,19 @@
 //! Configuration: built-in defaults < `usher.toml` < legacy variables of the old service
 //! (`ACCESS_EXPIRES_IN_HOURS`, `REFRESH_EXPIRES_IN_DAYS`, `DATABASE_URL`, `REDIS_URL`) <
-//! `USHER_SECTION__KEY` environment variables. Unknown keys are refused, naming the key.
+//! `USHER_SECTION__KEY` environment variables. Only variables with a `__` are configuration,
+//! so Kubernetes service links (`USHER_PORT=tcp://…`) are ignored. Every secret can also come
+//! from a file named by its variable with `_FILE` appended. Unknown keys, and zero or negative
+//! durations and sizes, are refused at startup naming the key and where it was set.
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use figment::error::{Actual, Kind};
 use figment::providers::{Env, Format, Serialized, Toml};
-use figment::Figment;
+use figment::value::{Dict, Map, Value};
+use figment::{Figment, Metadata, Profile, Provider};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// The whole effective configuration.
@@ -33,6 +38,8 @@ pub struct Config {
     pub cache: Cache,
     /// Logging.
     pub log: Log,
+    /// Background pruning of expired sessions and old login history.
+    pub retention: Retention,
 }
 
 /// Listening addresses.
@@ -43,7 +50,10 @@ pub struct Listen {
     pub api: SocketAddr,
     /// The internal listener: gateway checks, health, metrics.
     pub internal: SocketAddr,
-    /// How long in-flight requests may take to finish after SIGTERM.
+    /// After SIGTERM: how long `/readyz` answers 503 while requests are still served, so
+    /// gateways stop sending before the listeners close. `0s` closes at once.
+    pub drain_delay: Dur,
+    /// How long in-flight requests may take to finish once the listeners are closed.
     pub shutdown_grace: Dur,
     /// Longest wait for a request's head, and for an API request's body.
     pub read_timeout: Dur,
@@ -54,6 +64,7 @@ impl Default for Listen {
         Listen {
             api: SocketAddr::from(([0, 0, 0, 0], 8080)),
             internal: SocketAddr::from(([0, 0, 0, 0], 9191)),
+            drain_delay: Dur::secs(5),
             shutdown_grace: Dur::secs(10),
             read_timeout: Dur::secs(10),
         }
@@ -264,6 +275,28 @@ impl Default for Log {
     }
 }
 
+/// Background pruning; one replica at a time does it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Retention {
+    /// How often a replica tries to prune.
+    pub interval: Dur,
+    /// Login history older than this is deleted.
+    pub login_history: Dur,
+    /// Rows deleted per statement, so that no statement holds locks for long.
+    pub batch: usize,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            interval: Dur::secs(3600),
+            login_history: Dur::secs(180 * 86400),
+            batch: 1000,
+        }
+    }
+}
+
 /// Log line format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -275,9 +308,12 @@ pub enum LogFormat {
 }
 
 impl Config {
-    /// Loads the layers; `file` is the optional `usher.toml`.
-    pub fn load(file: Option<&Path>) -> Result<Config, figment::Error> {
-        Self::figment(file).extract()
+    /// Loads the layers (`file` is the optional `usher.toml`) and checks the values.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let figment = Self::figment(file);
+        let config: Config = figment.extract().map_err(|e| ConfigError::explain(&e))?;
+        config.validate(&figment)?;
+        Ok(config)
     }
 
     /// The layered provider, exposed for tests.
@@ -286,11 +322,68 @@ impl Config {
         if let Some(file) = file {
             figment = figment.merge(Toml::file_exact(file));
         }
-        figment.merge(legacy_env()).merge(
+        figment = legacy_env(figment);
+        figment = figment.merge(
             Env::prefixed("USHER_")
-                .filter(|key| key != "config" && key != "superuser_password")
+                // `USHER_SECTION__KEY` only: `USHER_CONFIG`, `USHER_SUPERUSER_PASSWORD` and
+                // Kubernetes service links (`USHER_PORT`, `USHER_SERVICE_HOST`, ...) are not.
+                .filter(|key| key.as_str().contains("__") && !is_secret_file(key.as_str()))
                 .split("__"),
-        )
+        );
+        for (key, var, _) in SECRETS {
+            figment = figment.merge(SecretFile::read(key, var));
+        }
+        figment
+    }
+
+    /// Refuses zero durations and sizes, naming the key and where it was set.
+    fn validate(&self, figment: &Figment) -> Result<(), ConfigError> {
+        // `listen.drain_delay` and `tokens.refresh_grace` may be zero: it turns them off.
+        let durations = [
+            ("listen.shutdown_grace", self.listen.shutdown_grace),
+            ("listen.read_timeout", self.listen.read_timeout),
+            ("database.timeout", self.database.timeout),
+            ("redis.timeout", self.redis.timeout),
+            ("tokens.access_ttl", self.tokens.access_ttl),
+            ("tokens.refresh_ttl", self.tokens.refresh_ttl),
+            ("login.window", self.login.window),
+            ("cache.state_ttl", self.cache.state_ttl),
+            ("retention.interval", self.retention.interval),
+            ("retention.login_history", self.retention.login_history),
+        ];
+        let sizes = [
+            ("database.pool_size", self.database.pool_size as u64),
+            ("passwords.memory_kib", u64::from(self.passwords.memory_kib)),
+            ("passwords.iterations", u64::from(self.passwords.iterations)),
+            (
+                "passwords.parallelism",
+                u64::from(self.passwords.parallelism),
+            ),
+            ("login.max_failures", u64::from(self.login.max_failures)),
+            ("cache.tokens", self.cache.tokens),
+            ("cache.states", self.cache.states),
+            ("retention.batch", self.retention.batch as u64),
+        ];
+        let zero = durations
+            .iter()
+            .filter(|(_, d)| d.0.is_zero())
+            .map(|(key, _)| *key)
+            .chain(sizes.iter().filter(|(_, n)| *n == 0).map(|(key, _)| *key));
+        let problems: Vec<String> = zero
+            .map(|key| {
+                let path: Vec<&str> = key.split('.').collect();
+                let source = figment
+                    .find_metadata(key)
+                    .map(|md| format!(" (set by {})", source_name(md, &path)))
+                    .unwrap_or_default();
+                format!("{key} = 0{source}: must be greater than zero")
+            })
+            .collect();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError(problems.join("\n")))
+        }
     }
 
     /// A copy fit to print: secrets masked.
@@ -305,48 +398,214 @@ impl Config {
     }
 }
 
-/// The old service's variables, mapped onto usher's keys.
-fn legacy_env() -> Figment {
-    let mut figment = Figment::new();
+/// A configuration that cannot be used; the message names each bad key and its source.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+impl ConfigError {
+    /// One line per problem: `key: what is wrong (where it was set)`.
+    fn explain(error: &figment::Error) -> ConfigError {
+        let lines: Vec<String> = error
+            .clone()
+            .into_iter()
+            .map(|e| {
+                let path: Vec<&str> = e.path.iter().map(String::as_str).collect();
+                let what = match &e.kind {
+                    Kind::InvalidValue(Actual::Signed(n), _) if *n < 0 => {
+                        format!("{n} is negative: it must be greater than zero")
+                    }
+                    Kind::UnknownField(_, known) => {
+                        format!("not a configuration key (known here: {})", known.join(", "))
+                    }
+                    kind => kind.to_string(),
+                };
+                let source = e
+                    .metadata
+                    .as_ref()
+                    .filter(|md| !md.name.is_empty())
+                    .map(|md| format!(" (set by {})", source_name(md, &path)))
+                    .unwrap_or_default();
+                if path.is_empty() {
+                    format!("{what}{source}")
+                } else {
+                    format!("{}: {what}{source}", path.join("."))
+                }
+            })
+            .collect();
+        ConfigError(lines.join("\n"))
+    }
+}
+
+impl From<ConfigError> for figment::Error {
+    fn from(e: ConfigError) -> Self {
+        figment::Error::from(e.0)
+    }
+}
+
+/// Where a value came from, in the words an operator would search for.
+fn source_name(md: &Metadata, path: &[&str]) -> String {
+    if md.name.starts_with("`USHER_`") {
+        return format!(
+            "environment variable USHER_{}",
+            path.join("__").to_uppercase()
+        );
+    }
+    match &md.source {
+        Some(source) => format!("{} {source}", md.name),
+        None => md.name.to_string(),
+    }
+}
+
+/// The secrets: key, its variable, and the old service's variable for it.
+const SECRETS: [(&str, &str, Option<&str>); 3] = [
+    ("database.url", "USHER_DATABASE__URL", Some("DATABASE_URL")),
+    ("redis.url", "USHER_REDIS__URL", Some("REDIS_URL")),
+    ("tokens.hs256_secret", "USHER_TOKENS__HS256_SECRET", None),
+];
+
+/// `SECTION__KEY_FILE` of a secret: read by [`SecretFile`], not a key of its own.
+fn is_secret_file(key: &str) -> bool {
+    SECRETS.iter().any(|(_, var, _)| {
+        let suffixed = format!("{}_FILE", &var["USHER_".len()..]);
+        key.eq_ignore_ascii_case(&suffixed)
+    })
+}
+
+/// A secret read from the file named by `VAR_FILE` (one trailing line ending dropped). Setting
+/// both `VAR` and `VAR_FILE` is an error: one of them would be silently ignored.
+pub fn secret_from_env(var: &str) -> Result<Option<(String, String)>, String> {
+    let file_var = format!("{var}_FILE");
+    let Some(path) = std::env::var_os(&file_var) else {
+        return Ok(None);
+    };
+    if std::env::var_os(var).is_some() {
+        return Err(format!("both {var} and {file_var} are set; keep one"));
+    }
+    let path = PathBuf::from(path);
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| format!("{file_var}: cannot read {}: {e}", path.display()))?;
+    let text = text
+        .strip_suffix('\n')
+        .map(|t| t.strip_suffix('\r').unwrap_or(t))
+        .unwrap_or(&text);
+    if text.is_empty() {
+        return Err(format!("{file_var}: {} is empty", path.display()));
+    }
+    Ok(Some((path.display().to_string(), text.to_owned())))
+}
+
+/// One configuration value with its own source, so errors can name it.
+struct SecretFile {
+    key: &'static str,
+    value: Result<Option<String>, String>,
+    source: String,
+}
+
+impl SecretFile {
+    fn read(key: &'static str, var: &str) -> SecretFile {
+        let (value, source) = match secret_from_env(var) {
+            Ok(Some((path, text))) => (Ok(Some(text)), format!("file {path} ({var}_FILE)")),
+            Ok(None) => (Ok(None), String::new()),
+            Err(e) => (Err(e), String::new()),
+        };
+        SecretFile { key, value, source }
+    }
+
+    fn value(key: &'static str, value: String, source: String) -> SecretFile {
+        SecretFile {
+            key,
+            value: Ok(Some(value)),
+            source,
+        }
+    }
+}
+
+impl Provider for SecretFile {
+    fn metadata(&self) -> Metadata {
+        Metadata::named(self.source.clone())
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        let value = self.value.clone().map_err(figment::Error::from)?;
+        let dict = value
+            .and_then(|v| figment::util::nest(self.key, Value::from(v)).into_dict())
+            .unwrap_or_default();
+        Ok(Profile::Default.collect(dict))
+    }
+}
+
+/// The old service's variables (and `DATABASE_URL_FILE`, `REDIS_URL_FILE`), mapped onto
+/// usher's keys.
+fn legacy_env(mut figment: Figment) -> Figment {
+    let named = |var: &str, key: &'static str, value: String| {
+        SecretFile::value(key, value, format!("environment variable {var}"))
+    };
     if let Ok(hours) = std::env::var("ACCESS_EXPIRES_IN_HOURS") {
-        figment = figment.merge(Serialized::default(
-            "tokens.access_ttl",
-            format!("{}h", hours.trim()),
-        ));
+        let value = format!("{}h", hours.trim());
+        figment = figment.merge(named("ACCESS_EXPIRES_IN_HOURS", "tokens.access_ttl", value));
     }
     if let Ok(days) = std::env::var("REFRESH_EXPIRES_IN_DAYS") {
-        figment = figment.merge(Serialized::default(
+        let value = format!("{}d", days.trim());
+        figment = figment.merge(named(
+            "REFRESH_EXPIRES_IN_DAYS",
             "tokens.refresh_ttl",
-            format!("{}d", days.trim()),
+            value,
         ));
     }
-    if let Ok(url) = std::env::var("DATABASE_URL") {
-        figment = figment.merge(Serialized::default("database.url", url));
-    }
-    if let Ok(url) = std::env::var("REDIS_URL") {
-        figment = figment.merge(Serialized::default("redis.url", url));
+    for (key, _, legacy) in SECRETS {
+        let Some(var) = legacy else { continue };
+        if let Ok(url) = std::env::var(var) {
+            figment = figment.merge(named(var, key, url));
+        }
+        figment = figment.merge(SecretFile::read(key, var));
     }
     figment
 }
 
-/// Replaces the password of `scheme://user:password@host` with `***`.
-fn mask_url(url: &str) -> String {
+/// Masks the password of `scheme://user:password@host` and the values of password-like
+/// query parameters (`?password=`, `&pass=`, `sslpassword=`, ...).
+pub fn mask_url(url: &str) -> String {
     let Some(scheme_end) = url.find("://") else {
         return "***".into();
     };
-    let rest = &url[scheme_end + 3..];
-    let Some(at) = rest.rfind('@') else {
-        return url.into();
+    let (head, query) = match url.split_once('?') {
+        Some((h, q)) => (h, Some(q)),
+        None => (url, None),
     };
-    match rest[..at].find(':') {
-        Some(colon) => format!(
-            "{}{}:***{}",
-            &url[..scheme_end + 3],
-            &rest[..colon],
-            &rest[at..]
-        ),
-        None => url.into(),
+    let rest = &head[scheme_end + 3..];
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let mut out = match rest[..authority_end].rfind('@') {
+        Some(at) => match rest[..at].find(':') {
+            Some(colon) => format!(
+                "{}{}:***{}",
+                &head[..scheme_end + 3],
+                &rest[..colon],
+                &rest[at..]
+            ),
+            None => head.to_owned(),
+        },
+        None => head.to_owned(),
+    };
+    if let Some(query) = query {
+        let pairs: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((name, _)) if is_secret_param(name) => format!("{name}=***"),
+                _ => pair.to_owned(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&pairs.join("&"));
     }
+    out
+}
+
+fn is_secret_param(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    ["pass", "pwd", "secret", "token", "auth", "key"]
+        .iter()
+        .any(|word| name.contains(word))
 }
 
 /// A secret string: its `Debug` prints `***`, so it never reaches a log.
@@ -402,6 +661,11 @@ impl Dur {
             .find(|c: char| !c.is_ascii_digit())
             .unwrap_or(text.len());
         let (number, unit) = text.split_at(digits);
+        if text.starts_with('-') {
+            return Err(format!(
+                "`{text}` is negative: it must be greater than zero"
+            ));
+        }
         let n: u64 = number
             .parse()
             .map_err(|_| format!("`{text}` is not a duration like 90s, 15m, 1h or 30d"))?;
@@ -447,16 +711,25 @@ impl Serialize for Dur {
 
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Seconds(u64),
-            Text(String),
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Dur;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration like 90s, 15m, 1h or 30d")
+            }
+            fn visit_u64<E: serde::de::Error>(self, s: u64) -> Result<Dur, E> {
+                Ok(Dur::secs(s))
+            }
+            fn visit_i64<E: serde::de::Error>(self, s: i64) -> Result<Dur, E> {
+                u64::try_from(s).map(Dur::secs).map_err(|_| {
+                    E::custom(format!("{s} is negative: it must be greater than zero"))
+                })
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Dur, E> {
+                Dur::parse(text).map_err(E::custom)
+            }
         }
-        match Raw::deserialize(d)? {
-            Raw::Seconds(s) => Ok(Dur::secs(s)),
-            Raw::Text(t) => Dur::parse(&t).map_err(serde::de::Error::custom),
-        }
+        d.deserialize_any(Visitor)
     }
 }
 
@@ -539,8 +812,144 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(err.contains("databse"), "{err}");
+            assert!(!err.contains("default."), "{err}");
+            assert!(err.contains("usher.toml"), "{err}");
             Ok(())
         });
+    }
+
+    #[test]
+    fn kubernetes_service_links_are_not_configuration() {
+        Jail::expect_with(|jail| {
+            jail.set_env("USHER_PORT", "tcp://10.0.0.1:8080");
+            jail.set_env("USHER_SERVICE_HOST", "10.0.0.1");
+            jail.set_env("USHER_SERVICE_PORT", "8080");
+            jail.set_env("USHER_PORT_8080_TCP_ADDR", "10.0.0.1");
+            jail.set_env("USHER_PORT_8080_TCP", "tcp://10.0.0.1:8080");
+            jail.set_env("USHER_INTERNAL_SERVICE_HOST", "10.0.0.2");
+            jail.set_env("USHER_LOGIN__MAX_FAILURES", "4");
+            let c = Config::load(None)?;
+            assert_eq!(c.login.max_failures, 4);
+            assert_eq!(c.listen.api.port(), 8080);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn secrets_come_from_files() {
+        Jail::expect_with(|jail| {
+            jail.create_file("db", "postgres://app:hunter2@db/usher\n")?;
+            jail.create_file("redis", "redis://:sesame@cache:6379/0\r\n")?;
+            jail.create_file("hs", "a shared secret of some length\n")?;
+            jail.set_env("USHER_DATABASE__URL_FILE", "db");
+            jail.set_env("REDIS_URL_FILE", "redis");
+            jail.set_env("USHER_TOKENS__HS256_SECRET_FILE", "hs");
+            let c = Config::load(None)?;
+            assert_eq!(c.database.url.expose(), "postgres://app:hunter2@db/usher");
+            assert_eq!(c.redis.url.expose(), "redis://:sesame@cache:6379/0");
+            assert_eq!(
+                c.tokens.hs256_secret.as_ref().map(Secret::expose),
+                Some("a shared secret of some length")
+            );
+            Ok(())
+        });
+        Jail::expect_with(|jail| {
+            jail.create_file("db", "postgres://legacy@db/usher")?;
+            jail.set_env("DATABASE_URL_FILE", "db");
+            assert_eq!(
+                Config::load(None)?.database.url.expose(),
+                "postgres://legacy@db/usher"
+            );
+            jail.set_env("DATABASE_URL", "postgres://other@db/usher");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(err.contains("DATABASE_URL_FILE"), "{err}");
+            jail.set_env("USHER_DATABASE__URL_FILE", "missing");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(
+                err.contains("USHER_DATABASE__URL_FILE") && err.contains("missing"),
+                "{err}"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn zero_and_negative_values_are_refused_naming_key_and_source() {
+        Jail::expect_with(|jail| {
+            jail.create_file("usher.toml", "[tokens]\naccess_ttl = 0\n")?;
+            let err = Config::load(Some(Path::new("usher.toml")))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("tokens.access_ttl = 0"), "{err}");
+            assert!(err.contains("usher.toml"), "{err}");
+            Ok(())
+        });
+        Jail::expect_with(|jail| {
+            jail.set_env("USHER_LOGIN__WINDOW", "0");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(err.contains("login.window = 0"), "{err}");
+            assert!(err.contains("USHER_LOGIN__WINDOW"), "{err}");
+            Ok(())
+        });
+        Jail::expect_with(|jail| {
+            jail.set_env("USHER_TOKENS__ACCESS_TTL", "-5");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(
+                err.contains("tokens.access_ttl") && err.contains("negative"),
+                "{err}"
+            );
+            assert!(!err.contains("untagged"), "{err}");
+            jail.set_env("USHER_TOKENS__ACCESS_TTL", "-5m");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(
+                err.contains("tokens.access_ttl") && err.contains("negative"),
+                "{err}"
+            );
+            Ok(())
+        });
+        Jail::expect_with(|jail| {
+            jail.set_env("USHER_DATABASE__POOL_SIZE", "-5");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(
+                err.contains("database.pool_size") && err.contains("negative"),
+                "{err}"
+            );
+            assert!(err.contains("USHER_DATABASE__POOL_SIZE"), "{err}");
+            jail.set_env("USHER_DATABASE__POOL_SIZE", "0");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(err.contains("database.pool_size = 0"), "{err}");
+            Ok(())
+        });
+        Jail::expect_with(|jail| {
+            // zero turns these off
+            jail.set_env("USHER_LISTEN__DRAIN_DELAY", "0s");
+            jail.set_env("USHER_TOKENS__REFRESH_GRACE", "0");
+            let c = Config::load(None)?;
+            assert!(c.listen.drain_delay.0.is_zero());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn passwords_in_url_queries_are_masked() {
+        for (url, masked) in [
+            (
+                "postgres://db/usher?user=app&password=hunter2",
+                "postgres://db/usher?user=app&password=***",
+            ),
+            (
+                "redis://cache:6379/0?pass=hunter2&protocol=resp3",
+                "redis://cache:6379/0?pass=***&protocol=resp3",
+            ),
+            (
+                "postgres://app:hunter2@db/usher?sslmode=require&sslpassword=hunter2",
+                "postgres://app:***@db/usher?sslmode=require&sslpassword=***",
+            ),
+            ("postgres://app@db/usher", "postgres://app@db/usher"),
+            ("host=db password=hunter2", "***"),
+        ] {
+            assert_eq!(mask_url(url), masked, "{url}");
+        }
     }
 
     #[test]

@@ -12,18 +12,33 @@ use tokio::sync::watch;
 use crate::app::State;
 use crate::revocation::FEED;
 
-/// Runs until `shutdown` flips to true.
+/// First and longest wait between attempts to resubscribe.
+const RETRY: (Duration, Duration) = (Duration::from_millis(250), Duration::from_secs(2));
+
+/// Runs until `shutdown` flips to true. Retries back off exponentially, and an outage is
+/// logged once when it begins (and `change feed up` once when it ends), not at every retry.
 pub async fn run(state: Arc<State>, mut shutdown: watch::Receiver<bool>) {
     let channel = state.kv.key(FEED);
+    let mut delay = RETRY.0;
+    let mut said_down = false;
     loop {
         if *shutdown.borrow() {
             return;
         }
-        match subscribe_and_listen(&state, &channel, &mut shutdown).await {
+        let mut was_up = false;
+        match subscribe_and_listen(&state, &channel, &mut shutdown, &mut was_up).await {
             Ok(()) => return,
             Err(e) => {
                 state.revocation.feed_lost();
-                tracing::warn!(error = %e, "change feed down; checks ask Redis or PostgreSQL");
+                if was_up {
+                    (delay, said_down) = (RETRY.0, false);
+                }
+                if said_down {
+                    tracing::debug!(error = %e, "change feed still down");
+                } else {
+                    tracing::warn!(error = %e, "change feed down; checks ask Redis or PostgreSQL");
+                    said_down = true;
+                }
             }
         }
         // While down: keep the permission snapshot current by polling, then retry.
@@ -31,9 +46,10 @@ pub async fn run(state: Arc<State>, mut shutdown: watch::Receiver<bool>) {
             tracing::debug!(error = %e, "permission snapshot not refreshed");
         }
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            _ = tokio::time::sleep(delay) => {}
             _ = shutdown.changed() => return,
         }
+        delay = (delay * 2).min(RETRY.1);
     }
 }
 
@@ -41,6 +57,7 @@ async fn subscribe_and_listen(
     state: &Arc<State>,
     channel: &str,
     shutdown: &mut watch::Receiver<bool>,
+    up: &mut bool,
 ) -> anyhow::Result<()> {
     let timeout = state.kv.timeout();
     let mut pubsub = tokio::time::timeout(timeout * 2, state.kv.client().get_async_pubsub())
@@ -51,11 +68,10 @@ async fn subscribe_and_listen(
         .map_err(|_| anyhow::anyhow!("subscribing timed out"))??;
     // Subscribed: from here on nothing is missed. Catch up on what may have been.
     state.permissions.refresh(&state.db, true).await?;
-    if let Err(e) = state.tokens.reload(&state.db, &state.config.tokens).await {
-        tracing::warn!(error = %e, "signing keys not reloaded");
-    }
+    state.reload_keys().await;
     state.revocation.feed_ready().await?;
     tracing::info!("change feed up");
+    *up = true;
     let mut messages = pubsub.on_message();
     // A silent network partition would leave the subscription looking alive; a ping on the
     // command connection each second notices a Redis that stopped answering.
@@ -84,11 +100,7 @@ async fn apply(state: &Arc<State>, payload: &str) -> anyhow::Result<()> {
         // If the snapshot cannot be reread, the feed is treated as down (and memory stops
         // vouching) until a new subscription has read it.
         "c" => state.permissions.refresh(&state.db, true).await?,
-        "k" => {
-            if let Err(e) = state.tokens.reload(&state.db, &state.config.tokens).await {
-                tracing::warn!(error = %e, "signing keys not reloaded");
-            }
-        }
+        "k" => state.reload_keys().await,
         other => state.revocation.apply(other),
     }
     Ok(())

@@ -99,6 +99,8 @@ pub enum Refused {
 /// The verified-token cache.
 pub struct Guard {
     verified: Cache<String, Arc<Principal>>,
+    /// Bumped by `forget_all`: a verification that began before it is not cached after it.
+    generation: AtomicU64,
     hits: AtomicU64,
     misses: AtomicU64,
 }
@@ -111,9 +113,17 @@ impl Guard {
                 .max_capacity(cache.tokens)
                 .time_to_live(access_ttl)
                 .build(),
+            generation: AtomicU64::new(0),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
         }
+    }
+
+    /// Forgets every verified token, so each is verified again (a signing key retired). Call
+    /// it after the keys changed.
+    pub fn forget_all(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.verified.invalidate_all();
     }
 
     /// `(answered from memory, needed more)` since start.
@@ -193,9 +203,17 @@ impl Guard {
         let principal = match self.verified.get(token) {
             Some(p) => p,
             None => {
+                // Read before verifying: if the keys change meanwhile, this verification may
+                // have used a retired key, and must not outlive the change in the cache.
+                // Checked after inserting, so a `forget_all` either sees the entry (and clears
+                // it) or bumps the generation before this check (and the entry goes here).
+                let generation = self.generation.load(Ordering::Acquire);
                 let claims = tokens.verify(token).map_err(Refused::Token)?;
                 let p = Arc::new(Principal::from(claims));
                 self.verified.insert(token.to_owned(), p.clone());
+                if self.generation.load(Ordering::Acquire) != generation {
+                    self.verified.invalidate(token);
+                }
                 p
             }
         };

@@ -8,6 +8,7 @@
 //! - `http` — listeners, routing, problem details, one file per resource.
 //! - `attempts` — login limits: attempts per account reserved before hashing, per client IP.
 //! - `sessions` — login, refresh (rotation, grace, reuse), logout, session ends.
+//! - `escalation` — the *No escalation* rules for role grants, assignments and superusers.
 //! - `guard` — bearer token → `Principal`, through the verified-token cache.
 //! - `tokens` — JWT signing and verification, keys, JWKS, refresh tokens.
 //! - `passwords` — Argon2id on a bounded blocking pool.
@@ -17,6 +18,7 @@
 //! - `routes` — the gateway route map: parse, validate, normalise, match, reload.
 //! - `kv` — the Redis handle.
 //! - `metrics` — Prometheus counters and histograms.
+//! - `retention` — background pruning of expired sessions and old login history.
 //! - `store` — PostgreSQL: pool, migrations, one file per table family.
 #![forbid(unsafe_code)]
 
@@ -24,6 +26,7 @@ pub mod app;
 pub mod attempts;
 pub mod cli;
 pub mod config;
+pub mod escalation;
 pub mod feed;
 pub mod guard;
 pub mod http;
@@ -31,6 +34,7 @@ pub mod kv;
 pub mod metrics;
 pub mod passwords;
 pub mod permissions;
+pub mod retention;
 pub mod revocation;
 pub mod routes;
 pub mod sessions;

@@ -142,7 +142,27 @@ pub struct Metrics {
     /// route → one counter per outcome, looked up by `&str` without allocating.
     checks: RwLock<BTreeMap<String, Arc<[AtomicU64; OUTCOMES.len()]>>>,
     check_latency: Histogram,
+    /// Logins by outcome: success, failure, lockout.
+    logins: [AtomicU64; 3],
+    /// Rows pruned by retention: sessions, refresh tokens, login history.
+    pruned: [AtomicU64; 3],
 }
+
+/// How a login ended, for `usher_logins_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginOutcome {
+    /// Tokens issued.
+    Success,
+    /// Wrong e-mail or password.
+    Failure,
+    /// Refused by the failure limit (429).
+    Lockout,
+}
+
+const LOGIN_OUTCOMES: [&str; 3] = ["success", "failure", "lockout"];
+const PRUNED_TABLES: [&str; 3] = ["sessions", "refresh_tokens", "login_history"];
+/// The states `/readyz` reports, in the order of `usher_readiness`.
+pub const READINESS: [&str; 4] = ["ready", "degraded", "draining", "unready"];
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -151,6 +171,8 @@ impl Default for Metrics {
             request_latency: Histogram::default(),
             checks: RwLock::new(BTreeMap::new()),
             check_latency: Histogram::default(),
+            logins: Default::default(),
+            pruned: Default::default(),
         }
     }
 }
@@ -161,16 +183,20 @@ pub struct Health {
     pub cache_hits: u64,
     /// Token checks that verified a signature or asked Redis or PostgreSQL.
     pub cache_misses: u64,
-    /// Connections in the pool.
-    pub pool_size: usize,
-    /// Idle connections.
-    pub pool_available: usize,
+    /// Pooled connections idle.
+    pub pool_idle: usize,
+    /// Pooled connections lent to a request.
+    pub pool_in_use: usize,
     /// Largest pool size.
     pub pool_max: usize,
+    /// What `/readyz` answers now: one of [`READINESS`].
+    pub readiness: &'static str,
     /// Redis answered a PING.
     pub redis_up: bool,
     /// The change feed is subscribed.
     pub feed_up: bool,
+    /// Changes not yet written to Redis.
+    pub pending: usize,
 }
 
 impl Metrics {
@@ -178,6 +204,21 @@ impl Metrics {
     pub fn request(&self, endpoint: &str, status: u16, latency: Duration) {
         self.requests.inc(&(endpoint.to_owned(), status));
         self.request_latency.observe(latency);
+    }
+
+    /// A login answered.
+    pub fn login(&self, outcome: LoginOutcome) {
+        self.logins[outcome as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Rows deleted by a retention run.
+    pub fn pruned(&self, p: &crate::store::retention::Pruned) {
+        for (slot, n) in [p.sessions, p.refresh_tokens, p.login_history]
+            .into_iter()
+            .enumerate()
+        {
+            self.pruned[slot].fetch_add(n, Ordering::Relaxed);
+        }
     }
 
     /// A gateway check decided; `route` is the route map's label.
@@ -254,27 +295,7 @@ impl Metrics {
             "counter",
             health.cache_misses,
         );
-        gauge(
-            &mut out,
-            "usher_db_pool_connections",
-            "PostgreSQL connections open.",
-            "gauge",
-            health.pool_size as u64,
-        );
-        gauge(
-            &mut out,
-            "usher_db_pool_idle",
-            "PostgreSQL connections idle.",
-            "gauge",
-            health.pool_available as u64,
-        );
-        gauge(
-            &mut out,
-            "usher_db_pool_max",
-            "PostgreSQL pool size limit.",
-            "gauge",
-            health.pool_max as u64,
-        );
+        self.render_operations(&mut out, health);
         gauge(
             &mut out,
             "usher_redis_up",
@@ -289,7 +310,64 @@ impl Metrics {
             "gauge",
             u64::from(health.feed_up),
         );
+        gauge(
+            &mut out,
+            "usher_revocation_pending",
+            "Revocations and roles changes not yet written to Redis (retried; PostgreSQL decides meanwhile).",
+            "gauge",
+            health.pending as u64,
+        );
         out
+    }
+}
+
+impl Metrics {
+    /// Build, readiness, pool, logins and retention.
+    fn render_operations(&self, out: &mut String, health: &Health) {
+        let _ = writeln!(
+            out,
+            "# HELP usher_build_info The running usher's version.\n\
+             # TYPE usher_build_info gauge\n\
+             usher_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
+        out.push_str(
+            "# HELP usher_readiness What /readyz answers: 1 for the current state.\n\
+             # TYPE usher_readiness gauge\n",
+        );
+        for state in READINESS {
+            let v = u8::from(state == health.readiness);
+            let _ = writeln!(out, "usher_readiness{{state=\"{state}\"}} {v}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP usher_db_pool_connections PostgreSQL connections open, by state.\n\
+             # TYPE usher_db_pool_connections gauge\n\
+             usher_db_pool_connections{{state=\"idle\"}} {}\n\
+             usher_db_pool_connections{{state=\"in_use\"}} {}\n\
+             # HELP usher_db_pool_max_connections PostgreSQL pool size limit.\n\
+             # TYPE usher_db_pool_max_connections gauge\n\
+             usher_db_pool_max_connections {}",
+            health.pool_idle, health.pool_in_use, health.pool_max
+        );
+        out.push_str(
+            "# HELP usher_logins_total Logins by outcome.\n# TYPE usher_logins_total counter\n",
+        );
+        for (slot, outcome) in LOGIN_OUTCOMES.iter().enumerate() {
+            let n = self.logins[slot].load(Ordering::Relaxed);
+            let _ = writeln!(out, "usher_logins_total{{outcome=\"{outcome}\"}} {n}");
+        }
+        out.push_str(
+            "# HELP usher_retention_pruned_rows_total Rows deleted by retention, by table.\n\
+             # TYPE usher_retention_pruned_rows_total counter\n",
+        );
+        for (slot, table) in PRUNED_TABLES.iter().enumerate() {
+            let n = self.pruned[slot].load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "usher_retention_pruned_rows_total{{table=\"{table}\"}} {n}"
+            );
+        }
     }
 }
 
@@ -343,11 +421,13 @@ mod tests {
         let text = m.render(&Health {
             cache_hits: 5,
             cache_misses: 1,
-            pool_size: 2,
-            pool_available: 1,
+            pool_idle: 1,
+            pool_in_use: 1,
             pool_max: 16,
+            readiness: "degraded",
             redis_up: true,
             feed_up: true,
+            pending: 0,
         });
         assert!(
             text.contains(
@@ -373,6 +453,31 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("usher_redis_up 1"));
+        m.login(LoginOutcome::Lockout);
+        let text = m.render(&Health {
+            cache_hits: 0,
+            cache_misses: 0,
+            pool_idle: 3,
+            pool_in_use: 1,
+            pool_max: 16,
+            readiness: "degraded",
+            redis_up: false,
+            feed_up: false,
+            pending: 0,
+        });
+        for needle in [
+            "usher_build_info{version=\"",
+            "usher_readiness{state=\"degraded\"} 1",
+            "usher_readiness{state=\"ready\"} 0",
+            "usher_db_pool_connections{state=\"idle\"} 3",
+            "usher_db_pool_connections{state=\"in_use\"} 1",
+            "usher_db_pool_max_connections 16",
+            "usher_logins_total{outcome=\"lockout\"} 1",
+            "usher_logins_total{outcome=\"success\"} 0",
+            "usher_retention_pruned_rows_total{table=\"sessions\"} 0",
+        ] {
+            assert!(text.contains(needle), "{needle} missing from\n{text}");
+        }
     }
 
     #[test]

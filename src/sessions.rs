@@ -171,7 +171,9 @@ pub async fn refresh(
         return Err(TokenError::Invalid.into());
     }
     let old_hash = tokens::hash_refresh_token(refresh_token);
-    let (new_token, new_hash) = tokens::new_refresh_token()?;
+    // Derived, not drawn: every use of this token within its grace window gets this same
+    // successor, so concurrent or replayed refreshes continue one chain, never fork it.
+    let (new_token, new_hash) = state.tokens.successor(refresh_token);
     let cfg = &state.config.tokens;
     let mut db = store::conn(&state.db).await?;
     let tx = db.transaction().await?;
@@ -290,15 +292,20 @@ pub async fn change_password(
 }
 
 /// Disables a user and ends all their sessions, in one transaction. Idempotent: an already
-/// disabled user is answered as is, with no new history entry. `None`: no such user.
+/// disabled user is answered as is, with no new history entry. `None`: no such user. Only a
+/// superuser (`by_superuser`) disables a superuser, and never the last active one.
 pub async fn disable(
     state: &State,
     user: Uuid,
     origin: &Origin,
     session_for_history: Option<Uuid>,
+    by_superuser: bool,
 ) -> Result<Option<User>, ApiError> {
     let mut db = store::conn(&state.db).await?;
     let tx = db.transaction().await?;
+    if !crate::escalation::may_change_user(&tx, user, by_superuser, true).await? {
+        return Ok(None);
+    }
     let Some(now_disabled) = store::users::disable(&tx, user).await? else {
         return Ok(None);
     };

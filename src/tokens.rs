@@ -1,5 +1,6 @@
-//! Access tokens (JWT, EdDSA or HS256), signing keys kept in PostgreSQL or a PEM file, the
-//! JWKS, and opaque refresh tokens (stored only as SHA-256 hashes).
+//! Access tokens (JWT, EdDSA or HS256), signing keys kept in PostgreSQL or a PEM file and
+//! their retirement, the JWKS, and opaque refresh tokens (stored only as SHA-256 hashes; a
+//! successor is derived from the token it replaces with a server-side HMAC key).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use base64::Engine;
 use bytes::Bytes;
 use deadpool_postgres::Pool;
 use jsonwebtoken::{DecodingKey, EncodingKey, Header, Validation};
+use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
 use ring::signature::{Ed25519KeyPair, KeyPair};
 use serde::{Deserialize, Serialize};
@@ -22,6 +24,10 @@ use crate::store;
 
 /// Longest token usher looks at; anything longer is refused unread.
 pub const MAX_TOKEN_LEN: usize = 4096;
+
+/// How far in the future `iat`/`nbf` may be (replicas' clocks differ), and how long after its
+/// tokens can have expired a rotated-out key still verifies.
+pub const LEEWAY_SECS: i64 = 30;
 
 /// The claims of an access token.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -51,6 +57,8 @@ pub struct AccessClaims {
 /// One key that verifies.
 struct VerifyingKey {
     key: DecodingKey,
+    /// From then on (Unix seconds) it verifies nothing.
+    retires_at: Option<i64>,
 }
 
 /// The keys in force.
@@ -58,7 +66,9 @@ struct Keys {
     signing_kid: String,
     signing: EncodingKey,
     verifying: HashMap<String, VerifyingKey>,
-    jwks: Bytes,
+    /// The public JWKs with the time each retires at: a rotated-out key leaves the JWKS by
+    /// itself, with no reload.
+    jwks: Vec<(Option<i64>, serde_json::Value)>,
 }
 
 /// Issues and verifies access tokens.
@@ -68,28 +78,34 @@ pub struct Tokens {
     access_ttl: i64,
     keys: ArcSwap<Keys>,
     validation: Validation,
+    /// Derives refresh-token successors; the same on every replica (kept in PostgreSQL).
+    refresh_key: hmac::Key,
 }
 
 impl Tokens {
     /// Loads the keys: the PEM file or HS256 secret when configured, otherwise the keys kept
     /// in PostgreSQL (generating the first one when there is none).
     pub async fn load(pool: &Pool, cfg: &config::Tokens) -> anyhow::Result<Tokens> {
-        Ok(Tokens::with_keys(cfg, load_keys(pool, cfg).await?))
+        let keys = load_keys(pool, cfg).await?;
+        let secret = store::keys::refresh_secret(pool, &random_bytes()?).await?;
+        Ok(Tokens::with_keys(cfg, keys, &secret))
     }
 
     /// Tokens signed with a fresh key kept only in memory: for benchmarks and tools that
     /// need no database.
     pub fn ephemeral(cfg: &config::Tokens) -> anyhow::Result<Tokens> {
         let keys = build_keys(cfg.algorithm, vec![generate(cfg.algorithm)?])?;
-        Ok(Tokens::with_keys(cfg, keys))
+        Ok(Tokens::with_keys(cfg, keys, &random_bytes()?))
     }
 
-    fn with_keys(cfg: &config::Tokens, keys: Keys) -> Tokens {
+    fn with_keys(cfg: &config::Tokens, keys: Keys, refresh_secret: &[u8]) -> Tokens {
         let alg = jwt_alg(cfg.algorithm);
         let mut validation = Validation::new(alg);
         validation.algorithms = vec![alg];
+        // No leeway on `exp`; `iat`/`nbf` get theirs in `verify` (the library's one leeway
+        // would stretch both).
         validation.leeway = 0;
-        validation.validate_nbf = true;
+        validation.validate_nbf = false;
         validation.set_issuer(&[cfg.issuer.as_str()]);
         validation.set_required_spec_claims(&["exp", "nbf", "iss", "sub"]);
         Tokens {
@@ -98,13 +114,19 @@ impl Tokens {
             access_ttl: cfg.access_ttl.0.as_secs() as i64,
             keys: ArcSwap::from_pointee(keys),
             validation,
+            refresh_key: hmac::Key::new(hmac::HMAC_SHA256, refresh_secret),
         }
     }
 
-    /// Rereads the keys (after `usher keys rotate` on any replica).
-    pub async fn reload(&self, pool: &Pool, cfg: &config::Tokens) -> anyhow::Result<()> {
-        self.keys.store(Arc::new(load_keys(pool, cfg).await?));
-        Ok(())
+    /// Rereads the keys (after `usher keys rotate` or `keys retire` on any replica); true when
+    /// a key that verified before no longer does.
+    pub async fn reload(&self, pool: &Pool, cfg: &config::Tokens) -> anyhow::Result<bool> {
+        let fresh = Arc::new(load_keys(pool, cfg).await?);
+        let old = self.keys.swap(fresh.clone());
+        Ok(old
+            .verifying
+            .keys()
+            .any(|kid| !fresh.verifying.contains_key(kid)))
     }
 
     /// Lifetime of access tokens, in seconds.
@@ -148,25 +170,47 @@ impl Tokens {
         }
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Invalid)?;
         let keys = self.keys.load();
+        let now = chrono::Utc::now().timestamp();
         let key = header
             .kid
             .as_deref()
             .and_then(|kid| keys.verifying.get(kid))
+            .filter(|k| k.retires_at.is_none_or(|at| now < at))
             .ok_or(TokenError::Invalid)?;
         let data = jsonwebtoken::decode::<AccessClaims>(token, &key.key, &self.validation)
             .map_err(|e| match e.kind() {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
                 _ => TokenError::Invalid,
             })?;
-        if data.claims.typ != "access" {
+        let c = data.claims;
+        if c.typ != "access" || c.nbf > now + LEEWAY_SECS || c.iat > now + LEEWAY_SECS {
             return Err(TokenError::Invalid);
         }
-        Ok(data.claims)
+        Ok(c)
     }
 
-    /// The JWK set, serialized once per key change.
+    /// The JWK set of the keys that have not retired.
     pub fn jwks(&self) -> Bytes {
-        self.keys.load().jwks.clone()
+        let now = chrono::Utc::now().timestamp();
+        let loaded = self.keys.load();
+        let keys: Vec<&serde_json::Value> = loaded
+            .jwks
+            .iter()
+            .filter(|(retires_at, _)| retires_at.is_none_or(|at| now < at))
+            .map(|(_, jwk)| jwk)
+            .collect();
+        Bytes::from(serde_json::to_vec(&serde_json::json!({ "keys": keys })).unwrap_or_default())
+    }
+
+    /// The refresh token that succeeds `token`, and its hash: HMAC-SHA256 of `token` under
+    /// the server's refresh key. Every use of one token gets the same successor (so a replay
+    /// within the grace window never forks the session), nobody without the key can compute
+    /// it, and only its hash is stored.
+    pub fn successor(&self, token: &str) -> (String, Vec<u8>) {
+        let tag = hmac::sign(&self.refresh_key, token.as_bytes());
+        let successor = URL_SAFE_NO_PAD.encode(tag.as_ref());
+        let hash = hash_refresh_token(&successor);
+        (successor, hash)
     }
 }
 
@@ -192,6 +236,8 @@ pub struct StoredKey {
     pub private_key: Vec<u8>,
     /// Raw Ed25519 public key.
     pub public_key: Vec<u8>,
+    /// When (Unix seconds) it retires; `None`: it signs, or comes from the configuration.
+    pub retires_at: Option<i64>,
 }
 
 async fn load_keys(pool: &Pool, cfg: &config::Tokens) -> anyhow::Result<Keys> {
@@ -207,14 +253,18 @@ async fn load_keys(pool: &Pool, cfg: &config::Tokens) -> anyhow::Result<Keys> {
                 kid: kid_of(&secret, "hs"),
                 private_key: secret,
                 public_key: Vec::new(),
+                retires_at: None,
             }]
         }
         (alg, _, _) => {
             let name = algorithm_name(alg);
-            let mut keys = store::keys::list(pool, name).await?;
+            // A rotated-out key's last tokens expire `access_ttl` after the next key was
+            // made, give or take replicas that learnt of the rotation late.
+            let retire_after = (cfg.access_ttl.0.as_secs() as i64 + LEEWAY_SECS) as f64;
+            let mut keys = store::keys::list(pool, name, retire_after).await?;
             if keys.is_empty() {
                 store::keys::insert_first(pool, name, &generate(alg)?).await?;
-                keys = store::keys::list(pool, name).await?;
+                keys = store::keys::list(pool, name, retire_after).await?;
             }
             keys
         }
@@ -233,6 +283,29 @@ pub async fn rotate(pool: &Pool, cfg: &config::Tokens) -> anyhow::Result<String>
     Ok(key.kid)
 }
 
+/// Retires the key `kid` at once (a leaked key): it leaves the JWKS and its tokens are
+/// refused once replicas reload their keys. The key that signs cannot be retired: rotate
+/// first.
+pub async fn retire(pool: &Pool, kid: &str) -> anyhow::Result<()> {
+    match store::keys::retire(pool, kid).await? {
+        store::keys::Retired::Now | store::keys::Retired::Already => Ok(()),
+        store::keys::Retired::Unknown => anyhow::bail!("there is no signing key {kid:?}"),
+        store::keys::Retired::Signing => anyhow::bail!(
+            "{kid} is the key that signs new tokens; run `usher keys rotate` first, then \
+             retire it"
+        ),
+    }
+}
+
+/// 32 bytes from the system's random source.
+fn random_bytes() -> anyhow::Result<Vec<u8>> {
+    let mut bytes = vec![0u8; 32];
+    SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| anyhow::anyhow!("the system random source failed"))?;
+    Ok(bytes)
+}
+
 fn generate(alg: Algorithm) -> anyhow::Result<StoredKey> {
     let rng = SystemRandom::new();
     match alg {
@@ -246,16 +319,16 @@ fn generate(alg: Algorithm) -> anyhow::Result<StoredKey> {
                 kid: kid_of(&public_key, "ed"),
                 private_key: pkcs8.as_ref().to_vec(),
                 public_key,
+                retires_at: None,
             })
         }
         Algorithm::HS256 => {
-            let mut secret = vec![0u8; 32];
-            rng.fill(&mut secret)
-                .map_err(|_| anyhow::anyhow!("the system random source failed"))?;
+            let secret = random_bytes()?;
             Ok(StoredKey {
                 kid: kid_of(&secret, "hs"),
                 private_key: secret,
                 public_key: Vec::new(),
+                retires_at: None,
             })
         }
     }
@@ -289,6 +362,7 @@ fn ed25519_from_pem_file(path: &std::path::Path) -> anyhow::Result<StoredKey> {
         kid: kid_of(&public_key, "ed"),
         private_key: der,
         public_key,
+        retires_at: None,
     })
 }
 
@@ -305,33 +379,37 @@ fn build_keys(alg: Algorithm, stored: Vec<StoredKey>) -> anyhow::Result<Keys> {
         let decoding = match alg {
             Algorithm::EdDSA => {
                 let x = URL_SAFE_NO_PAD.encode(&key.public_key);
-                jwks.push(serde_json::json!({
-                    "kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "use": "sig",
-                    "kid": key.kid, "x": x,
-                }));
+                jwks.push((
+                    key.retires_at,
+                    serde_json::json!({
+                        "kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "use": "sig",
+                        "kid": key.kid, "x": x,
+                    }),
+                ));
                 DecodingKey::from_ed_components(&x)
                     .context("an Ed25519 public key is unreadable")?
             }
             Algorithm::HS256 => DecodingKey::from_secret(&key.private_key),
         };
-        verifying.insert(key.kid.clone(), VerifyingKey { key: decoding });
+        verifying.insert(
+            key.kid.clone(),
+            VerifyingKey {
+                key: decoding,
+                retires_at: key.retires_at,
+            },
+        );
     }
-    let jwks = serde_json::to_vec(&serde_json::json!({ "keys": jwks }))?;
     Ok(Keys {
         signing_kid: newest.kid.clone(),
         signing,
         verifying,
-        jwks: Bytes::from(jwks),
+        jwks,
     })
 }
 
 /// A new refresh token (256 random bits, base64url) and its SHA-256 hash.
 pub fn new_refresh_token() -> anyhow::Result<(String, Vec<u8>)> {
-    let mut raw = [0u8; 32];
-    SystemRandom::new()
-        .fill(&mut raw)
-        .map_err(|_| anyhow::anyhow!("the system random source failed"))?;
-    let token = URL_SAFE_NO_PAD.encode(raw);
+    let token = URL_SAFE_NO_PAD.encode(random_bytes()?);
     let hash = hash_refresh_token(&token);
     Ok((token, hash))
 }
@@ -354,7 +432,7 @@ mod tests {
             access_ttl: config::Dur::secs(ttl),
             ..config::Tokens::default()
         };
-        Tokens::with_keys(&cfg, build_keys(alg, keys).unwrap())
+        Tokens::with_keys(&cfg, build_keys(alg, keys).unwrap(), b"refresh key")
     }
 
     fn ed() -> Tokens {
@@ -455,6 +533,103 @@ mod tests {
     }
 
     #[test]
+    fn iat_and_nbf_may_be_up_to_30_s_ahead() {
+        let t = ed();
+        let now = chrono::Utc::now().timestamp();
+        let h = header(&t, jsonwebtoken::Algorithm::EdDSA);
+        // a replica whose clock runs 20 s ahead issued it
+        let ahead = sign_raw(&t, &h, &claims_json(now + 20, now + 80, "access"));
+        assert!(t.verify(&ahead).is_ok());
+        let too_far = sign_raw(&t, &h, &claims_json(now + 60, now + 120, "access"));
+        assert_eq!(t.verify(&too_far), Err(TokenError::Invalid));
+        // each claim on its own
+        let mut nbf_only = claims_json(now, now + 120, "access");
+        nbf_only["nbf"] = (now + 60).into();
+        assert_eq!(
+            t.verify(&sign_raw(&t, &h, &nbf_only)),
+            Err(TokenError::Invalid)
+        );
+        let mut iat_only = claims_json(now, now + 120, "access");
+        iat_only["iat"] = (now + 60).into();
+        assert_eq!(
+            t.verify(&sign_raw(&t, &h, &iat_only)),
+            Err(TokenError::Invalid)
+        );
+        // the leeway is not stretched to `exp`
+        let just_expired = sign_raw(&t, &h, &claims_json(now - 60, now - 1, "access"));
+        assert_eq!(t.verify(&just_expired), Err(TokenError::Expired));
+    }
+
+    #[test]
+    fn a_retired_key_leaves_the_jwks_and_stops_verifying() {
+        let old = generate(Algorithm::EdDSA).unwrap();
+        let signer = tokens_with(
+            Algorithm::EdDSA,
+            vec![StoredKey {
+                kid: old.kid.clone(),
+                private_key: old.private_key.clone(),
+                public_key: old.public_key.clone(),
+                retires_at: None,
+            }],
+            600,
+        );
+        let (token, _) = signer
+            .issue(Uuid::new_v4(), Uuid::new_v4(), vec![], 0)
+            .unwrap();
+        let now = chrono::Utc::now().timestamp();
+        let with_old_retiring_at = |at: i64| {
+            let old = StoredKey {
+                retires_at: Some(at),
+                ..StoredKey {
+                    kid: old.kid.clone(),
+                    private_key: old.private_key.clone(),
+                    public_key: old.public_key.clone(),
+                    retires_at: None,
+                }
+            };
+            tokens_with(
+                Algorithm::EdDSA,
+                vec![generate(Algorithm::EdDSA).unwrap(), old],
+                600,
+            )
+        };
+        let before = with_old_retiring_at(now + 60);
+        assert!(before.verify(&token).is_ok());
+        let jwks: serde_json::Value = serde_json::from_slice(&before.jwks()).unwrap();
+        assert_eq!(jwks["keys"].as_array().unwrap().len(), 2);
+        let after = with_old_retiring_at(now);
+        assert_eq!(after.verify(&token), Err(TokenError::Invalid));
+        let jwks: serde_json::Value = serde_json::from_slice(&after.jwks()).unwrap();
+        let kids: Vec<&str> = jwks["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["kid"].as_str().unwrap())
+            .collect();
+        assert_eq!(kids.len(), 1);
+        assert!(!kids.contains(&old.kid.as_str()));
+    }
+
+    #[test]
+    fn a_successor_is_the_same_for_one_token_and_needs_the_key() {
+        let t = ed();
+        let (token, _) = new_refresh_token().unwrap();
+        let (a, ha) = t.successor(&token);
+        let (b, hb) = t.successor(&token);
+        assert_eq!((&a, &ha), (&b, &hb));
+        assert_eq!(ha, hash_refresh_token(&a));
+        assert_eq!(a.len(), 43);
+        assert_ne!(t.successor(&a).0, a);
+        let cfg = config::Tokens::default();
+        let other_key = Tokens::with_keys(
+            &cfg,
+            build_keys(Algorithm::EdDSA, vec![generate(Algorithm::EdDSA).unwrap()]).unwrap(),
+            b"another refresh key",
+        );
+        assert_ne!(other_key.successor(&token).0, a);
+    }
+
+    #[test]
     fn garbage_is_refused() {
         let t = ed();
         for junk in [
@@ -494,6 +669,7 @@ mod tests {
             kid: first.kid.clone(),
             private_key: first.private_key.clone(),
             public_key: first.public_key.clone(),
+            retires_at: None,
         };
         let old = tokens_with(Algorithm::EdDSA, vec![first], 60);
         let (token, _) = old

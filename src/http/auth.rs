@@ -8,6 +8,7 @@ use super::request::Req;
 use super::response::{self, Items, Page, Response};
 use super::{authorize, principal};
 use crate::app::State;
+use crate::metrics::LoginOutcome;
 use crate::sessions;
 use crate::store::{self, users};
 
@@ -27,8 +28,11 @@ pub async fn route(
         (&Method::GET, ["sessions"]) => list_sessions(state, req).await,
         (&Method::DELETE, ["sessions", id]) => end_session(state, id, req).await,
         (&Method::GET, ["history"]) => history(state, req).await,
-        (_, ["register" | "login" | "refresh" | "logout" | "logout-all" | "history"])
-        | (_, ["sessions"] | ["sessions", _]) => Err(ApiError::MethodNotAllowed),
+        (_, ["register" | "login" | "refresh" | "logout" | "logout-all"]) => {
+            Err(ApiError::MethodNotAllowed("POST"))
+        }
+        (_, ["history"] | ["sessions"]) => Err(ApiError::MethodNotAllowed("GET")),
+        (_, ["sessions", _]) => Err(ApiError::MethodNotAllowed("DELETE")),
         _ => Err(ApiError::NotFound),
     }
 }
@@ -88,12 +92,24 @@ async fn register(state: &State, req: Req) -> Result<Response, ApiError> {
 /// `POST /api/v1/auth/login` — anyone. 200 with tokens.
 async fn login(state: &State, req: Req) -> Result<Response, ApiError> {
     let body: Credentials = req.json()?;
-    if body.email.chars().count() > 254 || body.password.chars().count() > 128 {
+    let issued = if body.email.chars().count() > 254 || body.password.chars().count() > 128 {
         // Too long to be anyone's: same answer as a wrong password, without hashing 64 KiB.
-        return Err(ApiError::InvalidCredentials);
+        Err(ApiError::InvalidCredentials)
+    } else {
+        sessions::login(state, body.email.trim(), body.password, &req.origin()).await
+    };
+    let outcome = match &issued {
+        Ok(_) => Some(LoginOutcome::Success),
+        Err(ApiError::InvalidCredentials | ApiError::AccountDisabled) => {
+            Some(LoginOutcome::Failure)
+        }
+        Err(ApiError::TooManyAttempts(_)) => Some(LoginOutcome::Lockout),
+        Err(_) => None,
+    };
+    if let Some(outcome) = outcome {
+        state.metrics.login(outcome);
     }
-    let issued = sessions::login(state, body.email.trim(), body.password, &req.origin()).await?;
-    response::json(StatusCode::OK, &issued)
+    response::json(StatusCode::OK, &issued?)
 }
 
 #[derive(Deserialize)]

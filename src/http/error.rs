@@ -1,6 +1,6 @@
 //! `ApiError`: every answer that is not a success, written once as RFC 9457 problem details.
 
-use http::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::header::{HeaderValue, ALLOW, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::StatusCode;
 use serde::Serialize;
 
@@ -49,13 +49,17 @@ pub enum ApiError {
     /// 403 `forbidden`.
     #[error("forbidden")]
     Forbidden,
+    /// 403 `forbidden`, saying why: the change would give away power the caller lacks.
+    #[error("forbidden: {0}")]
+    Escalation(String),
     /// 404 `not_found`.
     #[error("not found")]
     NotFound,
-    /// 405 `method_not_allowed`.
+    /// 405 `method_not_allowed`, with the methods the resource allows (the `Allow` header).
     #[error("method not allowed")]
-    MethodNotAllowed,
-    /// 409 with a conflict code (`email_taken`, `role_exists`, `role_builtin`).
+    MethodNotAllowed(&'static str),
+    /// 409 with a conflict code (`email_taken`, `role_exists`, `role_builtin`,
+    /// `last_superuser`).
     #[error("conflict: {1}")]
     Conflict(&'static str, String),
     /// 413 `payload_too_large`.
@@ -149,9 +153,11 @@ impl ApiError {
             ApiError::Unauthorized | ApiError::Token(_) | ApiError::InvalidCredentials => {
                 StatusCode::UNAUTHORIZED
             }
-            ApiError::AccountDisabled | ApiError::Forbidden => StatusCode::FORBIDDEN,
+            ApiError::AccountDisabled | ApiError::Forbidden | ApiError::Escalation(_) => {
+                StatusCode::FORBIDDEN
+            }
             ApiError::NotFound => StatusCode::NOT_FOUND,
-            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(..) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -173,9 +179,9 @@ impl ApiError {
             ApiError::Token(t) => t.code(),
             ApiError::InvalidCredentials => "invalid_credentials",
             ApiError::AccountDisabled => "account_disabled",
-            ApiError::Forbidden => "forbidden",
+            ApiError::Forbidden | ApiError::Escalation(_) => "forbidden",
             ApiError::NotFound => "not_found",
-            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::Conflict(code, _) => code,
             ApiError::PayloadTooLarge => "payload_too_large",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
@@ -197,8 +203,11 @@ impl ApiError {
             ApiError::InvalidCredentials => "E-mail or password is wrong.".into(),
             ApiError::AccountDisabled => "This account is disabled.".into(),
             ApiError::Forbidden => "You do not have the permission this needs.".into(),
+            ApiError::Escalation(why) => why.clone(),
             ApiError::NotFound => "No such resource.".into(),
-            ApiError::MethodNotAllowed => "This method is not allowed here.".into(),
+            ApiError::MethodNotAllowed(allowed) => {
+                format!("This method is not allowed here; allowed: {allowed}.")
+            }
             ApiError::Conflict(_, why) => why.clone(),
             ApiError::PayloadTooLarge => "The body is larger than 64 KiB.".into(),
             ApiError::UnsupportedMediaType => "The body must be application/json.".into(),
@@ -257,6 +266,9 @@ impl ApiError {
             }
             ApiError::TooManyAttempts(secs) | ApiError::Busy(secs) => {
                 headers.insert(RETRY_AFTER, HeaderValue::from(*secs));
+            }
+            ApiError::MethodNotAllowed(allowed) => {
+                headers.insert(ALLOW, HeaderValue::from_static(allowed));
             }
             ApiError::Unavailable(_) => {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));

@@ -161,6 +161,9 @@ pub async fn api(state: &State, req: Req) -> Result<Response, ApiError> {
         (&Method::GET, [".well-known", "jwks.json"]) => ops::jwks(state),
         (&Method::GET, ["openapi.json"]) => Ok(ops::openapi()),
         (&Method::GET, ["docs"]) => Ok(ops::docs()),
+        (_, [".well-known", "jwks.json"] | ["openapi.json"] | ["docs"]) => {
+            Err(ApiError::MethodNotAllowed("GET"))
+        }
         _ => Err(ApiError::NotFound),
     }
 }

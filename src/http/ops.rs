@@ -35,40 +35,84 @@ pub fn docs() -> Response {
     )
 }
 
-/// `GET /readyz`: 200 when PostgreSQL and Redis answer, else 503 naming what failed.
-pub async fn readyz(state: &State) -> Response {
-    let pg = async {
-        match state.db.get().await {
-            Ok(c) => c.simple_query("select 1").await.is_ok(),
-            Err(_) => false,
+/// The parts readiness is made of, probed now.
+struct Probe {
+    postgres: bool,
+    redis: bool,
+    feed: bool,
+    draining: bool,
+}
+
+impl Probe {
+    async fn now(state: &State) -> Probe {
+        let pg = async {
+            match state.db.get().await {
+                Ok(c) => c.simple_query("select 1").await.is_ok(),
+                Err(_) => false,
+            }
+        };
+        let (postgres, redis) = tokio::join!(pg, state.kv.ping());
+        Probe {
+            postgres,
+            redis,
+            feed: state.revocation.feed_is_up(),
+            draining: state.is_draining(),
         }
-    };
-    let (pg, redis) = tokio::join!(pg, state.kv.ping());
+    }
+
+    /// One of `metrics::READINESS`. Ready needs PostgreSQL and the route map (loaded before
+    /// the listeners open, and only ever replaced by a valid one). Redis down is degraded:
+    /// usher decides correctly without it, only slower.
+    fn state(&self) -> &'static str {
+        match self {
+            Probe { draining: true, .. } => "draining",
+            Probe {
+                postgres: false, ..
+            } => "unready",
+            Probe {
+                redis: true,
+                feed: true,
+                ..
+            } => "ready",
+            _ => "degraded",
+        }
+    }
+}
+
+/// `GET /readyz`: 200 when usher can decide correctly (`ready`, or `degraded` while Redis or
+/// the change feed is down); 503 while `unready` (PostgreSQL does not answer) or `draining`
+/// (after SIGTERM). The body names each part.
+pub async fn readyz(state: &State) -> Response {
+    let probe = Probe::now(state).await;
+    let status = probe.state();
     let body = serde_json::json!({
-        "postgres": if pg { "ok" } else { "unavailable" },
-        "redis": if redis { "ok" } else { "unavailable" },
-        "change_feed": if state.revocation.feed_is_up() { "ok" } else { "down" },
+        "status": status,
+        "postgres": if probe.postgres { "ok" } else { "unavailable" },
+        "redis": if probe.redis { "ok" } else { "unavailable" },
+        "change_feed": if probe.feed { "ok" } else { "down" },
     });
-    let status = if pg && redis {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
+    let code = match status {
+        "ready" | "degraded" => StatusCode::OK,
+        _ => StatusCode::SERVICE_UNAVAILABLE,
     };
-    with_type(full(status, body.to_string()), "application/json")
+    with_type(full(code, body.to_string()), "application/json")
 }
 
 /// `GET /metrics`: Prometheus text.
 pub async fn metrics(state: &State) -> Response {
     let pool = state.db.status();
     let (cache_hits, cache_misses) = state.guard.hit_counts();
+    let probe = Probe::now(state).await;
     let health = crate::metrics::Health {
         cache_hits,
         cache_misses,
-        pool_size: pool.size,
-        pool_available: pool.available,
+        pool_idle: pool.available,
+        pool_in_use: pool.size.saturating_sub(pool.available),
         pool_max: pool.max_size,
-        redis_up: state.kv.ping().await,
-        feed_up: state.revocation.feed_is_up(),
+        readiness: probe.state(),
+        redis_up: probe.redis,
+        feed_up: probe.feed,
+        pending: state.revocation.pending(),
     };
     with_type(
         full(StatusCode::OK, state.metrics.render(&health)),

@@ -55,6 +55,7 @@ impl Req {
                 }
             })?
             .to_bytes();
+        storable_query(parts.uri.query())?;
         Ok(Req { parts, body, peer })
     }
 
@@ -160,7 +161,84 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     };
     de.end()
         .map_err(|e| ApiError::MalformedJson(strip_position(&e.to_string())))?;
+    // Only a body that spells a NUL escape can hold one (raw control characters are not JSON).
+    if body.windows(6).any(|w| w == b"\\u0000") {
+        let tree: serde_json::Value = serde_json::from_slice(body)
+            .map_err(|e| ApiError::MalformedJson(strip_position(&e.to_string())))?;
+        if let Some(field) = first_nul(&tree, "") {
+            return Err(ApiError::Validation(vec![FieldError::new(
+                field,
+                NUL_MESSAGE,
+            )]));
+        }
+    }
     Ok(value)
+}
+
+const NUL_MESSAGE: &str = "must not contain NUL characters";
+
+/// The path of the first string or key of `value` holding a NUL, which PostgreSQL cannot
+/// store: checked here, once, for every body.
+fn first_nul(value: &serde_json::Value, path: &str) -> Option<String> {
+    use serde_json::Value;
+    let here = || {
+        if path.is_empty() {
+            "body".to_owned()
+        } else {
+            path.to_owned()
+        }
+    };
+    match value {
+        Value::String(s) => s.contains('\0').then(here),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| first_nul(v, &format!("{path}[{i}]"))),
+        Value::Object(map) => map.iter().find_map(|(k, v)| {
+            let field = if path.is_empty() {
+                k.clone()
+            } else {
+                format!("{path}.{k}")
+            };
+            if k.contains('\0') {
+                Some(here())
+            } else {
+                first_nul(v, &field)
+            }
+        }),
+        _ => None,
+    }
+}
+
+/// Refuses a query string whose parameters, percent-decoded, hold a NUL or are not UTF-8:
+/// PostgreSQL could not take them, and no handler should have to think of it (422 naming
+/// the parameter).
+fn storable_query(query: Option<&str>) -> Result<(), ApiError> {
+    let Some(query) = query else {
+        return Ok(());
+    };
+    let mut errors = Vec::new();
+    for pair in query.split('&') {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let decode = |s: &str| {
+            let bytes: Vec<u8> =
+                percent_encoding::percent_decode_str(&s.replace('+', " ")).collect();
+            String::from_utf8(bytes).ok().filter(|s| !s.contains('\0'))
+        };
+        let field = decode(name);
+        if field.is_none() || decode(value).is_none() {
+            let field = field.unwrap_or_else(|| "query".into());
+            errors.push(FieldError::new(
+                field,
+                "must be UTF-8 without NUL characters",
+            ));
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::Validation(errors))
+    }
 }
 
 /// The field a serde message is about: the path, or for unknown/missing fields the name
@@ -258,6 +336,33 @@ mod tests {
                 .status(),
             400
         );
+    }
+
+    #[test]
+    fn nul_characters_are_refused_in_every_field_and_parameter() {
+        assert_eq!(
+            codes(r#"{"email":"a\u0000@b","password":"x"}"#),
+            (422, "email".into())
+        );
+        assert_eq!(
+            codes(r#"{"email":"a@b","password":"\u0000"}"#),
+            (422, "password".into())
+        );
+        // an escaped backslash followed by "u0000" is no NUL
+        assert_eq!(codes(r#"{"email":"a\\u0000@b","password":"x"}"#).0, 200);
+        let nested = parse_json::<serde_json::Value>(br#"{"a":[1,{"b":"\u0000"}]}"#);
+        match nested {
+            Err(ApiError::Validation(e)) => assert_eq!(e[0].field, "a[1].b"),
+            other => panic!("{other:?}"),
+        }
+        assert!(storable_query(Some("page=1&email=a%40b")).is_ok());
+        assert!(storable_query(None).is_ok());
+        for bad in ["email=%00", "email=a%00b", "e%00=1", "email=%ff"] {
+            assert!(
+                matches!(storable_query(Some(bad)), Err(ApiError::Validation(_))),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

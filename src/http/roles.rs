@@ -5,6 +5,9 @@
 //! every holder, so their tokens go stale and the next refresh carries the new names; a change
 //! of grants alone only bumps the catalog version. Both reach every replica through
 //! `permissions::propagate`.
+//!
+//! No escalation: a role is created only with permissions its creator holds, and a change of
+//! grants may add only permissions the caller holds (taking away is always allowed).
 
 use http::{Method, StatusCode};
 use serde::Deserialize;
@@ -15,6 +18,7 @@ use super::error::{ApiError, FieldError};
 use super::request::Req;
 use super::response::{self, Items, Response};
 use crate::app::State;
+use crate::escalation;
 use crate::permissions::{self, SUPERUSER};
 use crate::store;
 
@@ -28,11 +32,11 @@ pub async fn route(
     match (method, rest) {
         (&Method::GET, []) => list(state, req).await,
         (&Method::POST, []) => create(state, req).await,
-        (_, []) => Err(ApiError::MethodNotAllowed),
+        (_, []) => Err(ApiError::MethodNotAllowed("GET, POST")),
         (&Method::GET, [id]) => show(state, id, req).await,
         (&Method::PATCH, [id]) => update(state, id, req).await,
         (&Method::DELETE, [id]) => delete(state, id, req).await,
-        (_, [_]) => Err(ApiError::MethodNotAllowed),
+        (_, [_]) => Err(ApiError::MethodNotAllowed("GET, PATCH, DELETE")),
         _ => Err(ApiError::NotFound),
     }
 }
@@ -46,7 +50,7 @@ pub async fn route_permissions(
 ) -> Result<Response, ApiError> {
     match (method, rest) {
         (&Method::GET, []) => catalog(state, req).await,
-        (_, []) => Err(ApiError::MethodNotAllowed),
+        (_, []) => Err(ApiError::MethodNotAllowed("GET")),
         _ => Err(ApiError::NotFound),
     }
 }
@@ -129,9 +133,10 @@ struct NewRole {
 
 /// `POST /api/v1/roles` — `role_create`. `{name, description?, permissions}` → 201 role
 /// (`permissions` is required, even when empty, so a forgotten field never makes an empty role).
-/// 409 `role_exists`, 422 `validation_failed` / `unknown_permission`.
+/// 403 for a permission the caller does not hold, 409 `role_exists`, 422 `validation_failed` /
+/// `unknown_permission`.
 async fn create(state: &State, req: Req) -> Result<Response, ApiError> {
-    authorize(state, &req, &["role_create"]).await?;
+    let who = authorize(state, &req, &["role_create"]).await?;
     let body: NewRole = req.json()?;
     let mut errors = Vec::new();
     valid_name(&body.name, &mut errors);
@@ -143,6 +148,7 @@ async fn create(state: &State, req: Req) -> Result<Response, ApiError> {
     let mut db = store::conn(&state.db).await?;
     let tx = db.transaction().await?;
     known(&tx, &grants).await?;
+    escalation::may_grant(&state.permissions.snapshot(), &who.roles, &grants)?;
     let id = store::roles::create(&tx, &body.name, &body.description).await?;
     store::roles::set_permissions(&tx, id, &grants).await?;
     store::roles::bump_catalog(&tx).await?;
@@ -164,9 +170,10 @@ struct RolePatch {
 
 /// `PATCH /api/v1/roles/{id}` — `role_update`. Any of `{name, description, permissions}`
 /// (`permissions` replaces the set) → 200 role. 409 `role_builtin` when renaming a built-in
-/// role or changing `superuser`'s grants (it holds everything, always), 409 `role_exists`.
+/// role or changing `superuser`'s grants (it holds everything, always), 409 `role_exists`,
+/// 403 when adding a permission the caller does not hold.
 async fn update(state: &State, id: &str, req: Req) -> Result<Response, ApiError> {
-    authorize(state, &req, &["role_update"]).await?;
+    let who = authorize(state, &req, &["role_update"]).await?;
     let id = role_id(id)?;
     let body: RolePatch = req.json()?;
     let mut errors = Vec::new();
@@ -200,6 +207,17 @@ async fn update(state: &State, id: &str, req: Req) -> Result<Response, ApiError>
     }
     if let Some(grants) = &grants {
         known(&tx, grants).await?;
+        // The role is locked: its current grants cannot change under us.
+        let current = store::roles::by_id(&tx, id)
+            .await?
+            .ok_or(ApiError::NotFound)?
+            .permissions;
+        let added: Vec<String> = grants
+            .iter()
+            .filter(|p| !current.contains(p))
+            .cloned()
+            .collect();
+        escalation::may_grant(&state.permissions.snapshot(), &who.roles, &added)?;
         store::roles::set_permissions(&tx, id, grants).await?;
     }
     store::roles::update(&tx, id, rename.as_deref(), body.description.as_deref()).await?;

@@ -5,6 +5,10 @@
 //! `user_all_*` one otherwise (holding `user_all_*` is enough for oneself too). `{id}` may be
 //! `me`; the literal `/users/me` routes come first. A malformed id is 404, and a caller who may
 //! not see other users gets 403 for any id but their own, so existence never leaks.
+//!
+//! Changes of roles, e-mail and standing follow the *No escalation* rules (`escalation`):
+//! nobody assigns a role holding permissions they lack, and only a superuser touches
+//! `superuser` or a superuser.
 
 use std::sync::Arc;
 
@@ -18,8 +22,9 @@ use super::request::Req;
 use super::response::{self, Items, Page, Response};
 use super::{authorize, principal};
 use crate::app::State;
+use crate::escalation;
 use crate::guard::Principal;
-use crate::permissions;
+use crate::permissions::{self, SUPERUSER};
 use crate::sessions;
 use crate::store::{self, users::User};
 
@@ -32,20 +37,20 @@ pub async fn route(
 ) -> Result<Response, ApiError> {
     match (method, rest) {
         (&Method::GET, []) => list(state, req).await,
-        (_, []) => Err(ApiError::MethodNotAllowed),
+        (_, []) => Err(ApiError::MethodNotAllowed("GET")),
         (&Method::GET, ["me"]) => me(state, req).await,
         (&Method::POST, ["me", "password"]) => change_password(state, req).await,
-        (_, ["me", "password"]) => Err(ApiError::MethodNotAllowed),
+        (_, ["me", "password"]) => Err(ApiError::MethodNotAllowed("POST")),
         (&Method::GET, [id]) => show(state, id, req).await,
         (&Method::PATCH, [id]) => update(state, id, req).await,
         (&Method::DELETE, [id]) => disable(state, id, req).await,
-        (_, [_]) => Err(ApiError::MethodNotAllowed),
+        (_, [_]) => Err(ApiError::MethodNotAllowed("GET, PATCH, DELETE")),
         (&Method::GET, [id, "history"]) => history(state, id, req).await,
         (&Method::GET, [id, "roles"]) => roles(state, id, req).await,
-        (_, [_, "history" | "roles"]) => Err(ApiError::MethodNotAllowed),
+        (_, [_, "history" | "roles"]) => Err(ApiError::MethodNotAllowed("GET")),
         (&Method::PUT, [id, "roles", role]) => assign_role(state, id, role, req).await,
         (&Method::DELETE, [id, "roles", role]) => remove_role(state, id, role, req).await,
-        (_, [_, "roles", _]) => Err(ApiError::MethodNotAllowed),
+        (_, [_, "roles", _]) => Err(ApiError::MethodNotAllowed("PUT, DELETE")),
         _ => Err(ApiError::NotFound),
     }
 }
@@ -131,9 +136,10 @@ struct EmailChange {
 }
 
 /// `PATCH /api/v1/users/{id}` (and `/users/me`) — self: `user_self_update`; others:
-/// `user_all_update`. `{email}` → the user. 409 `email_taken`, 422.
+/// `user_all_update`. `{email}` → the user. 409 `email_taken`, 422; 403 for a superuser's
+/// e-mail unless the caller is one.
 async fn update(state: &State, id: &str, req: Req) -> Result<Response, ApiError> {
-    let (_, user) = target(state, &req, id, "user_self_update", "user_all_update").await?;
+    let (who, user) = target(state, &req, id, "user_self_update", "user_all_update").await?;
     let body: EmailChange = req.json()?;
     let mut errors = Vec::new();
     let email = valid_email("email", &body.email, &mut errors);
@@ -142,7 +148,10 @@ async fn update(state: &State, id: &str, req: Req) -> Result<Response, ApiError>
     }
     let mut db = store::conn(&state.db).await?;
     let tx = db.transaction().await?;
-    if !store::users::set_email(&tx, user, &email).await? {
+    let by_superuser = escalation::is_superuser(&who.roles);
+    if !escalation::may_change_user(&tx, user, by_superuser, false).await?
+        || !store::users::set_email(&tx, user, &email).await?
+    {
         return Err(ApiError::NotFound);
     }
     let user = store::users::by_id(&tx, user)
@@ -185,11 +194,13 @@ async fn change_password(state: &State, req: Req) -> Result<Response, ApiError> 
 }
 
 /// `DELETE /api/v1/users/{id}` — self: `user_self_delete`; others: `user_all_delete`.
-/// Disables the user (idempotent) and ends all their sessions → 200 user.
+/// Disables the user (idempotent) and ends all their sessions → 200 user. Only a superuser
+/// disables a superuser (403), and never the last active one (409 `last_superuser`).
 async fn disable(state: &State, id: &str, req: Req) -> Result<Response, ApiError> {
     let (who, user) = target(state, &req, id, "user_self_delete", "user_all_delete").await?;
     let own = (user == who.user).then_some(who.session);
-    let user = sessions::disable(state, user, &req.origin(), own)
+    let by_superuser = escalation::is_superuser(&who.roles);
+    let user = sessions::disable(state, user, &req.origin(), own, by_superuser)
         .await?
         .ok_or(ApiError::NotFound)?;
     response::json(StatusCode::OK, &user)
@@ -218,14 +229,14 @@ async fn roles(state: &State, id: &str, req: Req) -> Result<Response, ApiError> 
     response::json(StatusCode::OK, &Items { items })
 }
 
-/// The user and role of a `/users/{id}/roles/{role_id}` request, for a holder of
+/// The caller, user and role of a `/users/{id}/roles/{role_id}` request, for a holder of
 /// `user_all_set_role`. Nobody changes their own roles without it.
 async fn assignment(
     state: &State,
     id: &str,
     role: &str,
     req: &Req,
-) -> Result<(Uuid, Uuid), ApiError> {
+) -> Result<(Arc<Principal>, Uuid, Uuid), ApiError> {
     let who = authorize(state, req, &["user_all_set_role"]).await?;
     let user = if id == "me" {
         who.user
@@ -233,37 +244,64 @@ async fn assignment(
         id.parse().map_err(|_| ApiError::NotFound)?
     };
     let role = role.parse().map_err(|_| ApiError::NotFound)?;
-    Ok((user, role))
+    Ok((who, user, role))
 }
 
 /// `PUT /api/v1/users/{id}/roles/{role_id}` — `user_all_set_role`. → 204 (idempotent);
-/// 404 for an unknown user or role. Any role may be given, `superuser` included: the
-/// permission is the power to assign roles, and the spec draws no line inside it.
+/// 404 for an unknown user or role. 403 unless the caller holds every permission of the role
+/// (assigning it would hand out what they lack), for `superuser` unless the caller is one,
+/// and for a user who is a superuser unless the caller is one.
 async fn assign_role(state: &State, id: &str, role: &str, req: Req) -> Result<Response, ApiError> {
-    let (user, role) = assignment(state, id, role, &req).await?;
-    change_role(state, user, role, true).await
+    let (who, user, role) = assignment(state, id, role, &req).await?;
+    change_role(state, &who, user, role, true).await
 }
 
 /// `DELETE /api/v1/users/{id}/roles/{role_id}` — `user_all_set_role`. → 204 (idempotent);
-/// 404 for an unknown user or role.
+/// 404 for an unknown user or role. 403 for `superuser`, or any role of a superuser, unless
+/// the caller is one; 409 `last_superuser` for the last active superuser's `superuser`.
 async fn remove_role(state: &State, id: &str, role: &str, req: Req) -> Result<Response, ApiError> {
-    let (user, role) = assignment(state, id, role, &req).await?;
-    change_role(state, user, role, false).await
+    let (who, user, role) = assignment(state, id, role, &req).await?;
+    change_role(state, &who, user, role, false).await
 }
 
 /// Adds or removes one role of one user; a real change bumps the user's roles version in the
 /// same transaction, and every replica learns it at once (their tokens go stale).
 async fn change_role(
     state: &State,
+    who: &Principal,
     user: Uuid,
     role: Uuid,
     add: bool,
 ) -> Result<Response, ApiError> {
+    let by_superuser = escalation::is_superuser(&who.roles);
     let mut db = store::conn(&state.db).await?;
     let tx = db.transaction().await?;
-    // Role before user: the order role changes take too (role, then its holders), so the two
-    // never wait on each other in a circle.
-    if !store::roles::hold(&tx, role).await? || !store::users::lock(&tx, user).await? {
+    // Locks in one order everywhere: the `superuser` role (when a superuser may be ended),
+    // the role, then the user; role changes take role then holders. So nothing waits in a
+    // circle.
+    if !add {
+        store::roles::lock_superusers(&tx).await?;
+    }
+    if !store::roles::hold(&tx, role).await? {
+        return Err(ApiError::NotFound);
+    }
+    let role_row = store::roles::by_id(&tx, role)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    let is_superuser_role = role_row.builtin && role_row.name == SUPERUSER;
+    if is_superuser_role && !by_superuser {
+        return Err(ApiError::Escalation(
+            "Only a superuser can assign or remove `superuser`.".into(),
+        ));
+    }
+    if add {
+        escalation::may_grant(
+            &state.permissions.snapshot(),
+            &who.roles,
+            &role_row.permissions,
+        )?;
+    }
+    if !escalation::may_change_user(&tx, user, by_superuser, !add && is_superuser_role).await? {
         return Err(ApiError::NotFound);
     }
     let version = if add {

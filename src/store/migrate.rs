@@ -14,6 +14,14 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0002_login_limits",
         include_str!("../../sql/0002_login_limits.sql"),
     ),
+    (
+        "0003_key_lifecycle",
+        include_str!("../../sql/0003_key_lifecycle.sql"),
+    ),
+    (
+        "0004_retention",
+        include_str!("../../sql/0004_retention.sql"),
+    ),
 ];
 
 /// Any constant; the same for every usher.

@@ -5,6 +5,7 @@ pub mod attempts;
 pub mod history;
 pub mod keys;
 pub mod migrate;
+pub mod retention;
 pub mod roles;
 pub mod sessions;
 pub mod users;

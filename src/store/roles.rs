@@ -280,3 +280,45 @@ pub async fn catalog(db: &impl GenericClient) -> Result<Vec<Permission>> {
         })
         .collect())
 }
+
+/// Locks the `superuser` role for the rest of the transaction. Every change that could leave
+/// no active superuser (taking the role, disabling a holder) takes this lock first, so those
+/// changes run one at a time and each counts what the previous one left. `no key update`
+/// leaves the key-share locks of foreign keys (assigning other users roles) unblocked.
+pub async fn lock_superusers(db: &impl GenericClient) -> Result<()> {
+    db.execute(
+        "select 1 from roles where name = 'superuser' for no key update",
+        &[],
+    )
+    .await?;
+    Ok(())
+}
+
+/// How many users hold `superuser` and are not disabled.
+pub async fn active_superusers(db: &impl GenericClient) -> Result<i64> {
+    let row = db
+        .query_one(
+            "select count(*) from users u
+             join user_roles ur on ur.user_id = u.id
+             join roles r on r.id = ur.role_id
+             where r.name = 'superuser' and not u.disabled",
+            &[],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+/// A user's standing, their row locked for the rest of the transaction: `(holds superuser,
+/// disabled)`, or `None` when there is no such user.
+pub async fn lock_holder(db: &impl GenericClient, user: Uuid) -> Result<Option<(bool, bool)>> {
+    let row = db
+        .query_opt(
+            "select exists (select 1 from user_roles ur join roles r on r.id = ur.role_id
+                            where ur.user_id = u.id and r.name = 'superuser'),
+                    u.disabled
+             from users u where u.id = $1 for update of u",
+            &[&user],
+        )
+        .await?;
+    Ok(row.map(|r| (r.get(0), r.get(1))))
+}

@@ -71,9 +71,11 @@ pub enum Refreshed {
     },
 }
 
-/// Rotates a refresh token inside the caller's transaction. Rows are locked, so two
-/// concurrent refreshes with one token are ordered; the second one, within `grace_secs`
-/// of the first, gets a token of its own.
+/// Rotates a refresh token inside the caller's transaction: `new_hash` is the hash of its
+/// successor, which the caller derives from the token, so it is the same on every use. Rows
+/// are locked, so concurrent refreshes with one token are ordered; a use within `grace_secs`
+/// of the first one rotates to the same successor again (its row is already there), even
+/// when the successor has been used since: every use within the window continues one chain.
 pub async fn rotate(
     db: &impl GenericClient,
     old_hash: &[u8],
@@ -116,7 +118,8 @@ pub async fn rotate(
         .await?;
     }
     db.execute(
-        "insert into refresh_tokens (hash, session_id) values ($1, $2)",
+        "insert into refresh_tokens (hash, session_id) values ($1, $2)
+         on conflict (hash) do nothing",
         &[&new_hash, &session],
     )
     .await?;

@@ -243,7 +243,7 @@ pub async fn disable(db: &impl GenericClient, id: Uuid) -> Result<Option<bool>> 
     Ok(Some(true))
 }
 
-/// Whether a user exists, locking the row so their roles change one request at a time.
+/// Locks a user's row for the rest of the transaction; false when there is no such user.
 pub async fn lock(db: &impl GenericClient, id: Uuid) -> Result<bool> {
     Ok(db
         .query_opt("select 1 from users where id = $1 for update", &[&id])

@@ -278,3 +278,85 @@ fn tokio_stream_from<T: Send + 'static>(
 ) -> impl futures_util::Stream<Item = T> + Send + 'static {
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
+
+#[tokio::test]
+async fn nul_bytes_in_bodies_and_query_strings_are_422_not_500() {
+    let app = TestApp::spawn().await;
+    let root = crate::users::admin(&app).await;
+    for (path, body) in [
+        (
+            "/api/v1/auth/login",
+            r#"{"email":"a\u0000@cinema.test","password":"long enough"}"#,
+        ),
+        (
+            "/api/v1/auth/register",
+            r#"{"email":"b@cinema.test","password":"long\u0000enough"}"#,
+        ),
+        ("/api/v1/auth/refresh", r#"{"refresh_token":"\u0000"}"#),
+    ] {
+        let r = raw(&app, path, Some("application/json"), body.into()).await;
+        assert_eq!(r.status(), 422, "{path}");
+        let p: Value = r.json().await.unwrap();
+        assert_eq!(p["code"], "validation_failed", "{path}");
+    }
+    let r = app
+        .post(
+            "/api/v1/roles",
+            Some(&root.access),
+            json!({"name": "critics", "description": "a\u{0}b", "permissions": []}),
+        )
+        .await;
+    let p: Value = r.json().await.unwrap();
+    assert_eq!(
+        (p["status"].clone(), p["errors"][0]["field"].clone()),
+        (json!(422), json!("description"))
+    );
+    for query in ["email=%00", "email=a%00b", "page=%00", "%00=1", "email=%ff"] {
+        let r = app
+            .get(&format!("/api/v1/users?{query}"), Some(&root.access))
+            .await;
+        assert_eq!(
+            problem(r).await,
+            (422, "validation_failed".into()),
+            "{query}"
+        );
+    }
+    // what surrounds them still works
+    let r = app
+        .get("/api/v1/users?email=%40cinema", Some(&root.access))
+        .await;
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn a_405_says_which_methods_are_allowed() {
+    let app = TestApp::spawn().await;
+    let id = uuid::Uuid::new_v4();
+    for (method, path, allowed) in [
+        (Method::GET, "/api/v1/auth/login".to_owned(), "POST"),
+        (Method::PUT, "/api/v1/auth/sessions".to_owned(), "GET"),
+        (Method::GET, format!("/api/v1/auth/sessions/{id}"), "DELETE"),
+        (Method::DELETE, "/api/v1/users".to_owned(), "GET"),
+        (
+            Method::PUT,
+            format!("/api/v1/users/{id}"),
+            "GET, PATCH, DELETE",
+        ),
+        (
+            Method::GET,
+            format!("/api/v1/users/{id}/roles/{id}"),
+            "PUT, DELETE",
+        ),
+        (Method::PATCH, "/api/v1/roles".to_owned(), "GET, POST"),
+        (Method::POST, "/api/v1/permissions".to_owned(), "GET"),
+        (Method::POST, "/.well-known/jwks.json".to_owned(), "GET"),
+    ] {
+        let r = app.request(method.clone(), &path, None, None).await;
+        assert_eq!(r.status(), 405, "{method} {path}");
+        assert_eq!(
+            r.headers().get("allow").map(|v| v.to_str().unwrap()),
+            Some(allowed),
+            "{method} {path}"
+        );
+    }
+}

@@ -9,10 +9,10 @@ use crate::helpers::{problem, TestApp};
 use crate::users::relogin;
 
 /// Exit success, stdout, stderr.
-struct Run {
-    ok: bool,
-    stdout: String,
-    stderr: String,
+pub struct Run {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
 }
 
 /// Runs `usher superuser create --email <email>` against `app`'s database and Redis, with
@@ -23,12 +23,28 @@ async fn superuser_create(
     stdin: &str,
     env_password: Option<&str>,
 ) -> Run {
+    let env: Vec<(&str, &str)> = env_password
+        .map(|p| ("USHER_SUPERUSER_PASSWORD", p))
+        .into_iter()
+        .collect();
+    superuser_create_with(app, &["--email", email], stdin, &env).await
+}
+
+/// Runs `usher superuser create <args>` with `stdin` and the variables `env`.
+async fn superuser_create_with(
+    app: &TestApp,
+    args: &[&str],
+    stdin: &str,
+    env: &[(&str, &str)],
+) -> Run {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_usher"));
-    cmd.args(["superuser", "create", "--email", email])
+    cmd.args(["superuser", "create"])
+        .args(args)
         .env_remove("USHER_CONFIG")
         .env_remove("DATABASE_URL")
         .env_remove("REDIS_URL")
         .env_remove("USHER_SUPERUSER_PASSWORD")
+        .env_remove("USHER_SUPERUSER_PASSWORD_FILE")
         .env("USHER_DATABASE__URL", app.config.database.url.expose())
         .env("USHER_REDIS__URL", app.config.redis.url.expose())
         .env("USHER_REDIS__PREFIX", &app.config.redis.prefix)
@@ -38,9 +54,7 @@ async fn superuser_create(
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    if let Some(p) = env_password {
-        cmd.env("USHER_SUPERUSER_PASSWORD", p);
-    }
+    cmd.envs(env.iter().copied());
     let mut child = cmd.spawn().expect("the usher binary should start");
     let mut input = child.stdin.take().unwrap();
     // The command may exit without reading (an existing user needs no password).
@@ -114,10 +128,67 @@ async fn superuser_create_reads_the_password_from_the_environment() {
 }
 
 #[tokio::test]
-async fn superuser_create_promotes_an_existing_user() {
+async fn superuser_create_reads_the_password_from_a_file() {
+    let app = TestApp::spawn().await;
+    let path = std::env::temp_dir().join(format!("usher-pw-{}", uuid::Uuid::new_v4()));
+    std::fs::write(&path, "password from a file\n").unwrap();
+    let file = path.to_str().unwrap();
+    let run = superuser_create_with(
+        &app,
+        &["--email", "file@cinema.test"],
+        "",
+        &[("USHER_SUPERUSER_PASSWORD_FILE", file)],
+    )
+    .await;
+    assert!(run.ok, "{}", run.stderr);
+    assert_superuser(&app, "file@cinema.test", "password from a file").await;
+    // both sources at once is ambiguous: refused
+    let run = superuser_create_with(
+        &app,
+        &["--email", "both@cinema.test"],
+        "",
+        &[
+            ("USHER_SUPERUSER_PASSWORD_FILE", file),
+            ("USHER_SUPERUSER_PASSWORD", "from the environment"),
+        ],
+    )
+    .await;
+    std::fs::remove_file(&path).unwrap();
+    assert!(!run.ok);
+    assert!(run.stderr.contains("both"), "{}", run.stderr);
+}
+
+#[tokio::test]
+async fn superuser_create_refuses_an_account_someone_else_registered() {
+    let app = TestApp::spawn().await;
+    // registered through the open API, in another letter case, before the operator ran it
+    let squatter = app
+        .user_with("Admin@Cinema.example", "the squatter knows")
+        .await;
+    for email in ["admin@cinema.example", "ADMIN@CINEMA.EXAMPLE"] {
+        let run = superuser_create(&app, email, "operator password\n", None).await;
+        assert!(!run.ok, "{email}: {}", run.stdout);
+        assert!(
+            run.stderr.contains("--promote-existing"),
+            "{email}: {}",
+            run.stderr
+        );
+    }
+    // nothing changed: no superuser, and the operator's password opens nothing
+    let me: Value = app
+        .get_json("/api/v1/users/me", Some(&squatter.access))
+        .await;
+    assert_eq!(me["roles"], json!(["user"]));
+    let r = app.login("admin@cinema.example", "operator password").await;
+    assert_eq!(problem(r).await, (401, "invalid_credentials".into()));
+}
+
+#[tokio::test]
+async fn superuser_create_promotes_an_existing_user_only_when_asked() {
     let app = TestApp::spawn().await;
     let u = app.user().await;
-    let run = superuser_create(&app, &u.email, "", None).await;
+    let run =
+        superuser_create_with(&app, &["--email", &u.email, "--promote-existing"], "", &[]).await;
     assert!(run.ok, "{}", run.stderr);
     assert!(run.stdout.contains("is now a superuser"), "{}", run.stdout);
     // the running usher hears of it: the old token carries old roles
@@ -159,7 +230,7 @@ async fn superuser_create_refuses_bad_input_with_a_message() {
 }
 
 /// Runs `usher <args>` against `app`'s database and Redis.
-async fn usher_for(app: &TestApp, args: &[&str]) -> Run {
+pub async fn usher_for(app: &TestApp, args: &[&str]) -> Run {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_usher"))
         .args(args)
         .env_remove("USHER_CONFIG")

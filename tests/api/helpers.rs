@@ -37,6 +37,7 @@ pub fn test_config() -> Config {
     c.listen.api = "127.0.0.1:0".parse().unwrap();
     c.listen.internal = "127.0.0.1:0".parse().unwrap();
     c.listen.shutdown_grace = Dur::secs(2);
+    c.listen.drain_delay = Dur::secs(0);
     c.database.url = Secret::new(database_url(&format!("usher_test_{id}")));
     c.database.pool_size = 4;
     c.redis.url = Secret::new(redis_url());
