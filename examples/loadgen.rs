@@ -209,7 +209,13 @@ async fn storm(args: &[String]) -> Res<()> {
     let end = start + Duration::from_secs_f64(seconds);
     let mut tasks = Vec::new();
     for n in 0..clients {
-        let req = Conn::request(&host, "POST", &path, "", &body.replace("%d", &n.to_string()));
+        let req = Conn::request(
+            &host,
+            "POST",
+            &path,
+            "",
+            &body.replace("%d", &n.to_string()),
+        );
         let host = host.clone();
         let (ok, busy, other) = (ok.clone(), busy.clone(), other.clone());
         tasks.push(tokio::spawn(async move {
@@ -330,7 +336,10 @@ async fn fill(args: &[String]) -> Res<()> {
                 let i = next.fetch_add(1, Ordering::Relaxed) as usize;
                 let Some(token) = tokens.get(i) else { break };
                 let header = format!("authorization: Bearer {token}");
-                match conn.call(&Conn::request(&host, "GET", &path, &header, "")).await {
+                match conn
+                    .call(&Conn::request(&host, "GET", &path, &header, ""))
+                    .await
+                {
                     Ok((200, _)) => ok += 1,
                     _ => other += 1,
                 }
