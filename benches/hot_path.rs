@@ -25,6 +25,9 @@ fn paths(c: &mut Criterion) {
     c.bench_function("normalize_path: already normal", |b| {
         b.iter(|| normalize_path(black_box("/api/v1/films/42/stream?quality=hd")))
     });
+    c.bench_function("normalize_path: dot segments and //", |b| {
+        b.iter(|| normalize_path(black_box("/api//v1/films/./42/../43/stream?x=1")))
+    });
     c.bench_function("normalize_path: encoded traversal", |b| {
         b.iter(|| normalize_path(black_box("/api/v1/films/%2e%2e//admin/./users")))
     });

@@ -7,6 +7,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -55,8 +56,17 @@ pub struct Listen {
     pub drain_delay: Dur,
     /// How long in-flight requests may take to finish once the listeners are closed.
     pub shutdown_grace: Dur,
-    /// Longest wait for a request's head, and for an API request's body.
+    /// Longest wait for a request's head (the first one from the moment a connection opens,
+    /// on both listeners), for an API request's body, and between requests on the API listener.
     pub read_timeout: Dur,
+    /// Longest a connection to the internal listener may sit idle between requests (keep it
+    /// above the gateway's own idle timeout for its connections to usher).
+    pub idle_timeout: Dur,
+    /// Most connections open at once on each listener; more are closed as they arrive.
+    pub max_connections: NonZeroUsize,
+    /// How many proxies in front of usher append to `X-Forwarded-For`; the client IP is the
+    /// rightmost entry they did not write. 1: the TCP peer is the gateway. 0: use the peer.
+    pub trusted_proxies: usize,
 }
 
 impl Default for Listen {
@@ -67,6 +77,9 @@ impl Default for Listen {
             drain_delay: Dur::secs(5),
             shutdown_grace: Dur::secs(10),
             read_timeout: Dur::secs(10),
+            idle_timeout: Dur::secs(300),
+            max_connections: NonZeroUsize::new(4096).unwrap_or(NonZeroUsize::MIN),
+            trusted_proxies: 1,
         }
     }
 }
@@ -83,6 +96,9 @@ pub struct Database {
     pub timeout: Dur,
     /// Create the database when it does not exist and the user may.
     pub create_if_missing: bool,
+    /// CA bundle (PEM) that verifies the server with `sslmode=verify-ca|verify-full`; the URL's
+    /// `sslrootcert` wins; neither: the system's roots.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for Database {
@@ -92,6 +108,7 @@ impl Default for Database {
             pool_size: 16,
             timeout: Dur::secs(2),
             create_if_missing: true,
+            ca_file: None,
         }
     }
 }
@@ -106,6 +123,8 @@ pub struct Redis {
     pub prefix: String,
     /// How long one Redis command may take before it counts as a failure.
     pub timeout: Dur,
+    /// CA bundle (PEM) that verifies a `rediss://` server instead of the system's roots.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for Redis {
@@ -114,6 +133,7 @@ impl Default for Redis {
             url: Secret::new("redis://127.0.0.1:6379/0"),
             prefix: "usher:".into(),
             timeout: Dur::millis(500),
+            ca_file: None,
         }
     }
 }
@@ -342,6 +362,7 @@ impl Config {
         let durations = [
             ("listen.shutdown_grace", self.listen.shutdown_grace),
             ("listen.read_timeout", self.listen.read_timeout),
+            ("listen.idle_timeout", self.listen.idle_timeout),
             ("database.timeout", self.database.timeout),
             ("redis.timeout", self.redis.timeout),
             ("tokens.access_ttl", self.tokens.access_ttl),

@@ -27,8 +27,7 @@ pub struct KvError(pub String);
 impl Kv {
     /// Prepares the handle; connects lazily so usher starts while Redis is down.
     pub fn new(cfg: &config::Redis) -> anyhow::Result<Arc<Kv>> {
-        let client = Client::open(cfg.url.expose())
-            .map_err(|e| anyhow::anyhow!("redis.url is not a valid Redis URL: {e}"))?;
+        let client = crate::tls::redis_client(cfg.url.expose(), cfg.ca_file.as_deref())?;
         Ok(Arc::new(Kv {
             client,
             manager: ArcSwapOption::empty(),

@@ -20,6 +20,7 @@
 //! - `metrics` — Prometheus counters and histograms.
 //! - `retention` — background pruning of expired sessions and old login history.
 //! - `store` — PostgreSQL: pool, migrations, one file per table family.
+//! - `tls` — rustls for PostgreSQL (`sslmode`) and Redis (`rediss://`).
 #![forbid(unsafe_code)]
 
 pub mod app;
@@ -39,4 +40,5 @@ pub mod revocation;
 pub mod routes;
 pub mod sessions;
 pub mod store;
+pub mod tls;
 pub mod tokens;

@@ -4,7 +4,10 @@
 //!
 //! Counters live in maps keyed by their labels. A read lock finds an existing counter (the
 //! common case, no allocation); the write lock is taken only the first time a label set is
-//! seen, and label sets are bounded (routes of the map, endpoints of the API, statuses).
+//! seen, and label sets are bounded by design: route labels of the map plus a few fixed ones
+//! (`default`, `invalid_path`, `invalid_host`, `bad_request`), the API's endpoint templates
+//! ([`ENDPOINTS`]) plus `unmatched`, and the statuses usher answers with. Nothing a client
+//! sends becomes a label value.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -137,8 +140,9 @@ impl Outcome {
 
 /// Every metric of one usher process.
 pub struct Metrics {
-    requests: Family<(String, u16)>,
-    request_latency: Histogram,
+    requests: Family<(&'static str, u16)>,
+    /// One histogram per [`ENDPOINTS`] template, then one for [`UNMATCHED`].
+    request_latency: Box<[Histogram]>,
     /// route → one counter per outcome, looked up by `&str` without allocating.
     checks: RwLock<BTreeMap<String, Arc<[AtomicU64; OUTCOMES.len()]>>>,
     check_latency: Histogram,
@@ -168,7 +172,9 @@ impl Default for Metrics {
     fn default() -> Self {
         Metrics {
             requests: Family::new(),
-            request_latency: Histogram::default(),
+            request_latency: (0..=ENDPOINTS.len())
+                .map(|_| Histogram::default())
+                .collect(),
             checks: RwLock::new(BTreeMap::new()),
             check_latency: Histogram::default(),
             logins: Default::default(),
@@ -200,10 +206,14 @@ pub struct Health {
 }
 
 impl Metrics {
-    /// An API request answered.
-    pub fn request(&self, endpoint: &str, status: u16, latency: Duration) {
-        self.requests.inc(&(endpoint.to_owned(), status));
-        self.request_latency.observe(latency);
+    /// An API request answered; `endpoint` comes from [`endpoint_label`].
+    pub fn request(&self, endpoint: &'static str, status: u16, latency: Duration) {
+        self.requests.inc(&(endpoint, status));
+        let slot = ENDPOINTS
+            .iter()
+            .position(|e| *e == endpoint)
+            .unwrap_or(ENDPOINTS.len());
+        self.request_latency[slot].observe(latency);
     }
 
     /// A login answered.
@@ -245,13 +255,23 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "usher_http_requests_total{{endpoint=\"{}\",status=\"{status}\"}} {n}",
-                escape(&endpoint)
+                escape(endpoint)
             );
         }
-        out.push_str("# HELP usher_http_request_duration_seconds API request latency.\n");
+        out.push_str(
+            "# HELP usher_http_request_duration_seconds API request latency by endpoint.\n",
+        );
         out.push_str("# TYPE usher_http_request_duration_seconds histogram\n");
-        self.request_latency
-            .render(&mut out, "usher_http_request_duration_seconds", "");
+        for (endpoint, histogram) in ENDPOINTS
+            .iter()
+            .chain(std::iter::once(&UNMATCHED))
+            .zip(self.request_latency.iter())
+        {
+            if histogram.count.load(Ordering::Relaxed) > 0 {
+                let labels = format!("endpoint=\"{}\",", escape(endpoint));
+                histogram.render(&mut out, "usher_http_request_duration_seconds", &labels);
+            }
+        }
         out.push_str(
             "# HELP usher_check_decisions_total Gateway check decisions by outcome and route.\n",
         );
@@ -378,24 +398,56 @@ fn escape(label: &str) -> String {
         .replace('\n', "\\n")
 }
 
-/// The endpoint label of an API path: id segments become `{id}`, so the label set stays small.
-pub fn endpoint_label(path: &str, status: u16) -> String {
-    if status == 404 || status == 405 {
-        return "unmatched".into();
-    }
-    let mut label = String::with_capacity(path.len());
-    for segment in path.split('/').filter(|s| !s.is_empty()) {
-        label.push('/');
-        if segment.parse::<uuid::Uuid>().is_ok() {
-            label.push_str("{id}");
-        } else {
-            label.push_str(segment);
-        }
-    }
-    if label.is_empty() {
-        label.push('/');
-    }
-    label
+/// The API's endpoints as its router (`http::api` and the resource files) routes them: with the
+/// single [`UNMATCHED`], the only values the `endpoint` label takes, so no request can add a
+/// series. `{name}` matches any one segment; the first template that fits wins, so a literal is
+/// listed before a parameter in the same place.
+pub const ENDPOINTS: &[&str] = &[
+    "/api/v1/auth/register",
+    "/api/v1/auth/login",
+    "/api/v1/auth/refresh",
+    "/api/v1/auth/logout",
+    "/api/v1/auth/logout-all",
+    "/api/v1/auth/sessions",
+    "/api/v1/auth/sessions/{id}",
+    "/api/v1/auth/history",
+    "/api/v1/users",
+    "/api/v1/users/me",
+    "/api/v1/users/me/password",
+    "/api/v1/users/{id}",
+    "/api/v1/users/{id}/history",
+    "/api/v1/users/{id}/roles",
+    "/api/v1/users/{id}/roles/{role}",
+    "/api/v1/roles",
+    "/api/v1/roles/{id}",
+    "/api/v1/permissions",
+    "/.well-known/jwks.json",
+    "/openapi.json",
+    "/docs",
+];
+
+/// The label of every API request no endpoint template fits.
+pub const UNMATCHED: &str = "unmatched";
+
+/// The endpoint label of an API path: its template from [`ENDPOINTS`], or [`UNMATCHED`].
+/// Whatever the status (401, 404, 413, ...), the label comes from this fixed set.
+pub fn endpoint_label(path: &str) -> &'static str {
+    let path = path.strip_prefix('/').unwrap_or(path);
+    ENDPOINTS
+        .iter()
+        .copied()
+        .find(|template| {
+            let mut want = template[1..].split('/');
+            let mut got = path.split('/');
+            loop {
+                match (want.next(), got.next()) {
+                    (None, None) => return true,
+                    (Some(w), Some(g)) if w.starts_with('{') || w == g => {}
+                    _ => return false,
+                }
+            }
+        })
+        .unwrap_or(UNMATCHED)
 }
 
 #[cfg(test)]
@@ -407,6 +459,7 @@ mod tests {
         let m = Metrics::default();
         m.request("/api/v1/auth/login", 200, Duration::from_millis(3));
         m.request("/api/v1/auth/login", 200, Duration::from_millis(3));
+        m.request(UNMATCHED, 404, Duration::from_micros(40));
         m.check(
             "/api/v1/films/{*rest}",
             Outcome::Allow,
@@ -453,6 +506,15 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("usher_redis_up 1"));
+        // API latency by endpoint template; templates never called add no series
+        for needle in [
+            "usher_http_request_duration_seconds_bucket{endpoint=\"/api/v1/auth/login\",le=\"0.005\"} 2",
+            "usher_http_request_duration_seconds_count{endpoint=\"/api/v1/auth/login\"} 2",
+            "usher_http_request_duration_seconds_count{endpoint=\"unmatched\"} 1",
+        ] {
+            assert!(text.contains(needle), "{needle} in {text}");
+        }
+        assert!(!text.contains("usher_http_request_duration_seconds_count{endpoint=\"/docs\"}"));
         m.login(LoginOutcome::Lockout);
         let text = m.render(&Health {
             cache_hits: 0,
@@ -481,14 +543,19 @@ mod tests {
     }
 
     #[test]
-    fn id_segments_are_folded() {
+    fn paths_fold_into_the_fixed_templates() {
         assert_eq!(
-            endpoint_label(
-                "/api/v1/users/6f1c2b8e-8d7a-4c1e-9b1a-0c2d3e4f5a6b/roles",
-                200
-            ),
+            endpoint_label("/api/v1/users/6f1c2b8e-8d7a-4c1e-9b1a-0c2d3e4f5a6b/roles"),
             "/api/v1/users/{id}/roles"
         );
-        assert_eq!(endpoint_label("/random/junk", 404), "unmatched");
+        assert_eq!(endpoint_label("/api/v1/users/junk"), "/api/v1/users/{id}");
+        assert_eq!(endpoint_label("/api/v1/users/me"), "/api/v1/users/me");
+        assert_eq!(endpoint_label("/api/v1/users/a/b/c/d"), UNMATCHED);
+        assert_eq!(endpoint_label("/random/junk"), UNMATCHED);
+        assert_eq!(endpoint_label("/"), UNMATCHED);
+        assert_eq!(endpoint_label("/docs"), "/docs");
+        for template in ENDPOINTS {
+            assert_eq!(endpoint_label(template), *template);
+        }
     }
 }

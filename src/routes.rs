@@ -13,11 +13,19 @@
 //!
 //! - Paths are normalised first ([`normalize_path`]): the query and fragment are dropped, the path
 //!   is percent-decoded once, runs of `/` are merged, `.` and `..` segments are resolved (climbing
-//!   above `/` is refused) and a trailing `/` is dropped. So `//admin`, `/films/../admin`,
-//!   `/films/%2e%2e/admin` and `/admin/` are all judged as `/admin`: no spelling of a path can reach
-//!   a route more permissive than the one the upstream serves.
-//! - Host-specific routes are tried before host-less ones. Hosts compare case-insensitively; a
-//!   `:port` and a trailing `.` on the request's host are ignored.
+//!   above `/` is refused) and a trailing `/` is dropped. So `//admin`, `/films/../admin` and
+//!   `/admin/` are all judged as `/admin`: no spelling of a path can reach a route more permissive
+//!   than the one the upstream serves.
+//! - A path that a gateway and an upstream could read differently is refused before matching
+//!   ([`PathError`]): a `;` in any segment (Tomcat and Spring strip path parameters), a raw `\`,
+//!   a percent-encoded `/ \ . ; ? # %` in either case (upstreams disagree on decoding them), a
+//!   control character, or a segment that ends in `.` or whitespace once decoded (some servers
+//!   trim them).
+//! - Literal segments match ASCII-case-insensitively: Express and ASP.NET route
+//!   `/films/42/STREAM` to the stream route, so usher must judge it as that route.
+//! - Host-specific routes are tried before host-less ones. The request's host must parse as
+//!   `name[:port]` ([`parse_host`]; anything else is refused); it compares case-insensitively,
+//!   with the port and one trailing `.` removed.
 //! - Within one host, specificity is decided segment by segment from the left: a literal segment
 //!   beats `{param}`, which beats `{*catch_all}` (which matches one or more trailing segments).
 //! - A route whose path matches but whose `methods` leave out the request's method does not
@@ -86,7 +94,7 @@ pub struct Decision<'a> {
     pub requirement: Requirement<'a>,
 }
 
-/// A request path that cannot be judged safely; the check endpoint answers 403 (NGINX's
+/// A request path or host that cannot be judged safely; the check endpoint answers 403 (NGINX's
 /// `auth_request` understands only 2xx, 401 and 403).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PathError {
@@ -105,6 +113,21 @@ pub enum PathError {
     /// `..` segments climb above `/`.
     #[error("the request path climbs above '/'")]
     AboveRoot,
+    /// A `;` (a path parameter, which Tomcat and Spring strip before routing).
+    #[error("the request path contains ';'")]
+    Semicolon,
+    /// A raw `\` (a separator to some servers).
+    #[error("the request path contains '\\'")]
+    Backslash,
+    /// A percent-encoded `/ \ . ; ? # %`, which upstreams decode, or not, differently.
+    #[error("the request path percent-encodes '/', '\\', '.', ';', '?', '#' or '%'")]
+    EncodedDelimiter,
+    /// A segment ending in `.` or whitespace once decoded (some servers trim them).
+    #[error("a segment of the request path ends in '.' or whitespace")]
+    AmbiguousSegment,
+    /// The host does not parse as `name[:port]`.
+    #[error("the request host is not a host name or address with an optional port")]
+    InvalidHost,
 }
 
 /// A route map that cannot be used; the message names the line at fault.
@@ -164,18 +187,42 @@ impl fmt::Display for Located<'_> {
 /// Drops the query and fragment, percent-decodes once (`%252e` stays the literal `%2e`), merges
 /// runs of `/`, resolves `.` and `..` and drops a trailing `/`. An empty path is `/`. Borrows
 /// when the path is already in that form, which is the common case, so nothing is allocated.
+///
+/// Refuses what a gateway and an upstream could read differently ([`PathError`]): a `;`, a raw
+/// `\`, a percent-encoded `/ \ . ; ? # %`, a control character, and a segment that ends in `.`
+/// or whitespace once decoded (other than `.` and `..` themselves).
 pub fn normalize_path(raw_path_and_query: &str) -> Result<Cow<'_, str>, PathError> {
-    let end = raw_path_and_query
-        .find(['?', '#'])
-        .unwrap_or(raw_path_and_query.len());
+    let bytes = raw_path_and_query.as_bytes();
+    match bytes.first() {
+        None | Some(b'?' | b'#') => return Ok(Cow::Borrowed("/")),
+        Some(b'/') => {}
+        Some(_) => return Err(PathError::NotAbsolute),
+    }
+    // One pass over the raw path: refuse what is refused as written, and tell whether the path
+    // is already normal (no `%`, no non-ASCII byte, no empty, `.` or `..` segment).
+    let mut normal = true;
+    let mut segment = 1;
+    let mut end = 1;
+    while end < bytes.len() {
+        match bytes[end] {
+            b'?' | b'#' => break,
+            b'/' => {
+                normal &= plain_segment(&bytes[segment..end])?;
+                segment = end + 1;
+            }
+            b';' => return Err(PathError::Semicolon),
+            b'\\' => return Err(PathError::Backslash),
+            b'%' | 0x80.. => normal = false,
+            0..=0x1f | 0x7f => return Err(PathError::ControlCharacter),
+            _ => {}
+        }
+        end += 1;
+    }
+    if end > 1 {
+        normal &= plain_segment(&bytes[segment..end])?;
+    }
     let path = &raw_path_and_query[..end];
-    if path.is_empty() {
-        return Ok(Cow::Borrowed("/"));
-    }
-    if !path.starts_with('/') {
-        return Err(PathError::NotAbsolute);
-    }
-    if is_normal(path)? {
+    if normal {
         return Ok(Cow::Borrowed(path));
     }
 
@@ -189,6 +236,9 @@ pub fn normalize_path(raw_path_and_query: &str) -> Result<Cow<'_, str>, PathErro
                 None => return Err(PathError::AboveRoot),
             },
             _ => {
+                if segment.ends_with(|c: char| c == '.' || c.is_whitespace()) {
+                    return Err(PathError::AmbiguousSegment);
+                }
                 out.push('/');
                 out.push_str(segment);
             }
@@ -200,24 +250,18 @@ pub fn normalize_path(raw_path_and_query: &str) -> Result<Cow<'_, str>, PathErro
     Ok(Cow::Owned(out))
 }
 
-/// True when `path` (starting with `/`) needs no work: no `%`, no empty, `.` or `..` segment,
-/// no trailing `/`. Control characters are refused here already.
-fn is_normal(path: &str) -> Result<bool, PathError> {
-    let bytes = path.as_bytes();
-    if bytes.iter().any(|&b| b.is_ascii_control()) {
-        return Err(PathError::ControlCharacter);
+/// Whether one raw segment (without `%`) needs no work: `Ok(false)` for an empty, `.` or `..`
+/// segment, an error for one that ends in `.` or whitespace.
+fn plain_segment(segment: &[u8]) -> Result<bool, PathError> {
+    match segment {
+        [] | [b'.'] | [b'.', b'.'] => Ok(false),
+        [.., b'.' | b' ' | b'\t'] => Err(PathError::AmbiguousSegment),
+        _ => Ok(true),
     }
-    if path == "/" {
-        return Ok(true);
-    }
-    if bytes.contains(&b'%') {
-        return Ok(false);
-    }
-    Ok(path[1..]
-        .split('/')
-        .all(|segment| !matches!(segment, "" | "." | "..")))
 }
 
+/// Decodes `%XX` once. An encoded `/ \ . ; ? # %` is refused: decoded, it would change how the
+/// path splits or reads, and upstreams disagree on whether to decode it at all.
 fn percent_decode(path: &str) -> Result<String, PathError> {
     fn hex(b: u8) -> Option<u8> {
         match b {
@@ -235,7 +279,13 @@ fn percent_decode(path: &str) -> Result<String, PathError> {
             let hi = bytes.get(i + 1).copied().and_then(hex);
             let lo = bytes.get(i + 2).copied().and_then(hex);
             match (hi, lo) {
-                (Some(hi), Some(lo)) => out.push(hi << 4 | lo),
+                (Some(hi), Some(lo)) => {
+                    let b = hi << 4 | lo;
+                    if b"/\\.;?#%".contains(&b) {
+                        return Err(PathError::EncodedDelimiter);
+                    }
+                    out.push(b);
+                }
                 _ => return Err(PathError::InvalidEncoding),
             }
             i += 3;
@@ -317,18 +367,23 @@ struct Node {
 }
 
 impl Node {
+    /// The child for `segment`, ASCII-case-insensitively (keys are stored lower-case).
     fn literal(&self, segment: &str) -> Option<&Node> {
         self.literals
-            .binary_search_by(|(s, _)| (**s).cmp(segment))
+            .binary_search_by(|(key, _)| {
+                key.bytes()
+                    .cmp(segment.bytes().map(|b| b.to_ascii_lowercase()))
+            })
             .ok()
             .map(|i| &self.literals[i].1)
     }
 
     fn literal_mut(&mut self, segment: &str) -> &mut Node {
-        let i = match self.literals.binary_search_by(|(s, _)| (**s).cmp(segment)) {
+        let key = segment.to_ascii_lowercase();
+        let i = match self.literals.binary_search_by(|(s, _)| (**s).cmp(&key)) {
             Ok(i) => i,
             Err(i) => {
-                self.literals.insert(i, (segment.into(), Node::default()));
+                self.literals.insert(i, (key.into(), Node::default()));
                 i
             }
         };
@@ -375,25 +430,31 @@ impl RouteMap {
         self.routes.len()
     }
 
-    /// Judges one request: `host` is the request's host (or `None` when unknown), `method` its
-    /// method, `raw_path_and_query` its target as received. See the module docs for the rules.
+    /// Judges one request: `host` is the request's host as received (or `None` when unknown),
+    /// `method` its method, `raw_path_and_query` its target as received. See the module docs for
+    /// the rules.
     pub fn decide(
         &self,
         host: Option<&str>,
         method: &str,
         raw_path_and_query: &str,
     ) -> Result<Decision<'_>, PathError> {
+        let host = match host {
+            Some(host) => Some(parse_host(host).ok_or(PathError::InvalidHost)?),
+            None => None,
+        };
         let path = normalize_path(raw_path_and_query)?;
         Ok(self.decide_normalized(host, method, &path))
     }
 
-    /// Like [`RouteMap::decide`], for a path already passed through [`normalize_path`].
+    /// Like [`RouteMap::decide`], for a host already passed through [`parse_host`] and a path
+    /// already passed through [`normalize_path`].
     pub fn decide_normalized(&self, host: Option<&str>, method: &str, path: &str) -> Decision<'_> {
         let rest = match path.strip_prefix('/') {
             Some("") | None => None,
             Some(rest) => Some(rest),
         };
-        let by_host = host.map(bare_host).and_then(|host| {
+        let by_host = host.and_then(|host| {
             self.hosts
                 .iter()
                 .find(|(name, _)| name.eq_ignore_ascii_case(host))
@@ -493,20 +554,51 @@ impl RouteMap {
     }
 }
 
-/// The request host without `:port` or a trailing `.`; `[v6]:port` keeps its brackets.
-fn bare_host(host: &str) -> &str {
-    let host = if host.starts_with('[') {
-        match host.find(']') {
-            Some(end) => &host[..=end],
-            None => host,
+/// The name a request host is matched by: `name[:port]` without the port and one trailing `.`
+/// (`[v6]:port` keeps its brackets), or `None` when the host does not parse that way — an
+/// empty label (`a..b`, `a..`), a character outside letters, digits, `-` and `_` (`%2e`), or a
+/// port that is not 1 to 5 digits (`:abc`, `:8000:`, a bare `:`). Compare the result
+/// ASCII-case-insensitively.
+pub fn parse_host(host: &str) -> Option<&str> {
+    let (name, port) = match host.strip_prefix('[') {
+        Some(rest) => {
+            let end = rest.find(']')? + 2;
+            let inside = &host[1..end - 1];
+            let valid = !inside.is_empty()
+                && inside
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.');
+            if !valid {
+                return None;
+            }
+            (&host[..end], &host[end..])
         }
-    } else {
-        match host.rsplit_once(':') {
-            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
-            _ => host,
-        }
+        None => match host.find(':') {
+            Some(at) => (&host[..at], &host[at..]),
+            None => (host, ""),
+        },
     };
-    host.strip_suffix('.').unwrap_or(host)
+    if let Some(digits) = port.strip_prefix(':') {
+        if digits.is_empty() || digits.len() > 5 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+    } else if !port.is_empty() {
+        return None;
+    }
+    if name.starts_with('[') {
+        return Some(name);
+    }
+    let name = name.strip_suffix('.').unwrap_or(name);
+    let mut label = 0usize;
+    for b in name.bytes() {
+        match b {
+            b'.' if label == 0 => return None,
+            b'.' => label = 0,
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' => label += 1,
+            _ => return None,
+        }
+    }
+    (label > 0 && name.len() <= 253).then_some(name)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -799,10 +891,12 @@ fn parse_pattern(path: &str) -> Result<Vec<Segment<'_>>, String> {
         }
         if part
             .bytes()
-            .any(|b| b.is_ascii_control() || b"%?#".contains(&b))
+            .any(|b| b.is_ascii_control() || b"%?#;\\".contains(&b))
+            || part.ends_with(|c: char| c == '.' || c.is_whitespace())
         {
             return Err(format!(
-                "path `{path}` must be written decoded, without '%', '?', '#' or control characters"
+                "path `{path}` must be written decoded, without '%', '?', '#', ';', '\\', control \
+                 characters or a segment ending in '.' or whitespace (requests with those are refused)"
             ));
         }
         let segment = if let Some(name) = part.strip_prefix("{*").and_then(|p| p.strip_suffix('}'))
@@ -843,12 +937,15 @@ fn check_param_name(path: &str, name: &str) -> Result<(), String> {
 // Reloading
 // ---------------------------------------------------------------------------------------------
 
-/// What identifies a version of the file cheaply.
-type Stamp = Option<(SystemTime, u64)>;
+/// What identifies a version of the file cheaply: modification time, length and inode (through
+/// symlinks, so a Kubernetes ConfigMap update, which swaps the `..data` link to a new folder,
+/// is a change even if the new file has the old one's time and length).
+type Stamp = Option<(SystemTime, u64, u64)>;
 
 async fn stamp(path: &Path) -> Stamp {
+    use std::os::unix::fs::MetadataExt;
     let meta = tokio::fs::metadata(path).await.ok()?;
-    Some((meta.modified().ok()?, meta.len()))
+    Some((meta.modified().ok()?, meta.len(), meta.ino()))
 }
 
 /// Keeps `current` in step with the file at `path`: checks its modification time and length
@@ -943,16 +1040,8 @@ mod tests {
             ("/./films/.", "/films"),
             ("/api/v1/films/../admin", "/api/v1/admin"),
             ("/api/v1/films/1/../../admin", "/api/v1/admin"),
-            ("/api/v1/films/%2e%2e/admin", "/api/v1/admin"),
-            ("/api/v1/films/%2E%2E/admin", "/api/v1/admin"),
-            ("/api/v1/films/.%2e/admin", "/api/v1/admin"),
-            ("/api/v1/films%2F..%2Fadmin", "/api/v1/admin"),
-            ("/api/v1/films%2fx", "/api/v1/films/x"),
-            // Decoded once only: `%252e` is the literal text `%2e`, not a dot.
-            (
-                "/api/v1/films/%252e%252e/admin",
-                "/api/v1/films/%2e%2e/admin",
-            ),
+            ("/%61pi/v1/%46ilms", "/api/v1/Films"),
+            ("/a%20b/c", "/a b/c"),
             ("/caf%C3%A9", "/café"),
             ("/café", "/café"),
             ("/a/..", "/"),
@@ -964,8 +1053,29 @@ mod tests {
             ("/..", PathError::AboveRoot),
             ("/../etc/passwd", PathError::AboveRoot),
             ("/a/../../b", PathError::AboveRoot),
-            ("/%2e%2e/admin", PathError::AboveRoot),
             ("/..?x=/../..", PathError::AboveRoot),
+            // What a gateway and an upstream could read differently.
+            ("/films/42/stream;jsessionid=x", PathError::Semicolon),
+            ("/films;x/42/stream", PathError::Semicolon),
+            ("/films/42/stream\\", PathError::Backslash),
+            ("/films\\..\\admin", PathError::Backslash),
+            ("/films/42/stream.", PathError::AmbiguousSegment),
+            ("/films/42/stream./", PathError::AmbiguousSegment),
+            ("/films/42/stream...", PathError::AmbiguousSegment),
+            ("/films/42/stream%20", PathError::AmbiguousSegment),
+            ("/films/42/stream%C2%A0", PathError::AmbiguousSegment),
+            ("/films/42/stream%20/x", PathError::AmbiguousSegment),
+            ("/films/42/stream%09", PathError::ControlCharacter),
+            ("/films/42/stream%3Fx=1", PathError::EncodedDelimiter),
+            ("/films/42/stream%3fx=1", PathError::EncodedDelimiter),
+            ("/films/42/stream%3B", PathError::EncodedDelimiter),
+            ("/films/42/stream%23", PathError::EncodedDelimiter),
+            ("/films/42/stream%5c", PathError::EncodedDelimiter),
+            ("/films%2F..%2Fadmin", PathError::EncodedDelimiter),
+            ("/films%2fx", PathError::EncodedDelimiter),
+            ("/films/%2e%2e/admin", PathError::EncodedDelimiter),
+            ("/films/.%2E/admin", PathError::EncodedDelimiter),
+            ("/films/%252e%252e/admin", PathError::EncodedDelimiter),
             ("/%ff", PathError::InvalidUtf8),
             ("/%c3", PathError::InvalidUtf8),
             ("/%00", PathError::ControlCharacter),
@@ -1124,8 +1234,58 @@ require = ["user_all_read"]
         assert_eq!(d.route, "/api/v1/auth/{*rest}");
         let d = needs(&map, None, "GET", "/api/v1/auth/login");
         assert_eq!(d.route, "/api/v1/auth/{*rest}");
-        assert_eq!(bare_host("[::1]:8080"), "[::1]");
-        assert_eq!(bare_host("example.com:"), "example.com");
+        assert_eq!(parse_host("[::1]:8080"), Some("[::1]"));
+        assert_eq!(parse_host("[::1]"), Some("[::1]"));
+        assert_eq!(parse_host("Example.COM."), Some("Example.COM"));
+        assert_eq!(parse_host("10.0.0.1:65535"), Some("10.0.0.1"));
+        // Hosts that do not parse are refused, never judged as "no host".
+        for host in [
+            "admin.cinema.local:abc",
+            "admin.cinema.local:8000:",
+            "admin.cinema.local:",
+            "admin.cinema.local..",
+            "admin..cinema.local",
+            ".admin.cinema.local",
+            "admin%2ecinema.local",
+            "admin.cinema.local%2e",
+            "admin.cinema.local:123456",
+            "admin.cinema.local/x",
+            "user@admin.cinema.local",
+            "",
+            ".",
+            ":80",
+            "[::1",
+            "[]:80",
+            "[::1]x",
+            "[::1]:",
+        ] {
+            assert_eq!(parse_host(host), None, "{host:?}");
+            assert_eq!(
+                map.decide(Some(host), "GET", "/api/v1/auth/login"),
+                Err(PathError::InvalidHost),
+                "{host:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn literal_segments_match_case_insensitively() {
+        let map = cinema();
+        for path in [
+            "/api/v1/films/42/STREAM",
+            "/API/V1/Films/42/Stream",
+            "/api/v1/films/42/%53tream",
+        ] {
+            let d = needs(&map, None, "GET", path);
+            assert_eq!(d.route, "/api/v1/films/{id}/stream", "{path}");
+        }
+        let d = needs(&map, None, "GET", "/API/v1/ADMIN/users");
+        assert_eq!(d.route, "/api/v1/admin/{*rest}");
+        // Two spellings of one route are one route.
+        let text = "[[route]]\npath = \"/Films\"\npublic = true\n\
+                    [[route]]\npath = \"/films\"\nrequire = []\n";
+        let (line, message) = line_of(text);
+        assert_eq!(line, 4, "{message}");
     }
 
     #[test]
@@ -1157,9 +1317,6 @@ require = ["user_all_read"]
         let map = cinema();
         for path in [
             "/api/v1/films/../admin/users",
-            "/api/v1/films/%2e%2e/admin/users",
-            "/api/v1/films/.%2E/admin/users",
-            "/api/v1/films%2f..%2fadmin/users",
             "/api/v1/films/1/../../admin/users?films",
             "//api//v1/admin/users/",
             "/api/v1/auth/../admin/users",
@@ -1168,9 +1325,19 @@ require = ["user_all_read"]
             let d = needs(&map, None, "GET", path);
             assert_eq!(d.route, "/api/v1/admin/{*rest}", "{path}");
         }
-        // Encoded twice: stays a literal `%2e%2e` segment inside the catalog.
-        let d = needs(&map, None, "GET", "/api/v1/films/%252e%252e/admin");
-        assert_eq!(d.route, "/api/v1/films/{*rest}");
+        // Encoded dots and slashes are refused, not resolved: NGINX forwards them as written.
+        for path in [
+            "/api/v1/films/%2e%2e/admin/users",
+            "/api/v1/films/.%2E/admin/users",
+            "/api/v1/films%2f..%2fadmin/users",
+            "/api/v1/films/%252e%252e/admin",
+        ] {
+            assert_eq!(
+                map.decide(None, "GET", path),
+                Err(PathError::EncodedDelimiter),
+                "{path}"
+            );
+        }
         assert_eq!(
             map.decide(None, "GET", "/api/../../admin"),
             Err(PathError::AboveRoot)

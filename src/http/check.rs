@@ -13,7 +13,8 @@
 //! Answers: allow is exactly 200 with an empty body and the identity headers; every refusal is
 //! problem details (401 with `WWW-Authenticate`, 403, 503, or 400 for a request that is not a
 //! check at all). A path that cannot be judged safely is 403, not 400: NGINX's `auth_request`
-//! understands only 2xx, 401 and 403, and turns anything else into a 500.
+//! understands only 2xx, 401 and 403, and turns anything else into a 500. The same goes for a
+//! host that does not parse as `name[:port]`.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -29,7 +30,7 @@ use crate::app::State;
 use crate::guard::{Principal, Refused};
 use crate::metrics::Outcome;
 use crate::permissions::{Snapshot, NON_REGISTERED};
-use crate::routes::{Requirement, RouteMap};
+use crate::routes::{PathError, Requirement, RouteMap};
 
 /// The prefix Envoy's `http_service.path_prefix` puts before the original path.
 pub const ENVOY_PREFIX: &str = "/ext_authz";
@@ -156,8 +157,12 @@ async fn decide<'r, B>(
     let decision = match routes.decide(target.host, target.method, target.uri) {
         Ok(decision) => decision,
         Err(e) => {
-            tracing::debug!(method = target.method, error = %e, "check: path refused");
-            return ("invalid_path", ApiError::Forbidden.into_response());
+            tracing::debug!(method = target.method, error = %e, "check: request refused");
+            let label = match e {
+                PathError::InvalidHost => "invalid_host",
+                _ => "invalid_path",
+            };
+            return (label, ApiError::Forbidden.into_response());
         }
     };
     let response = match judge(state, decision.requirement, bearer(req.headers())).await {

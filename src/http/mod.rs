@@ -21,9 +21,9 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 
 use crate::app::State;
 use crate::guard::{Principal, Refused};
@@ -42,6 +42,13 @@ pub enum Listener {
 
 /// Accepts connections until `shutdown` flips, then lets in-flight requests finish for at
 /// most `grace`.
+///
+/// Connections are bounded and watched (see [`Watchdog`]): at most `listen.max_connections`
+/// are open on the listener (one more is closed as soon as it is accepted); a connection that
+/// sends no complete request head within `listen.read_timeout` of opening — whether or not it
+/// got as far as HTTP/1 or HTTP/2 — is dropped; one idle between requests for longer than its
+/// listener's idle limit is shut down gracefully (HTTP/2: GOAWAY). HTTP/2 connections are also
+/// pinged, so a peer that vanished without closing is noticed.
 pub async fn serve(
     listener: TcpListener,
     which: Listener,
@@ -49,17 +56,33 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
     grace: Duration,
 ) {
-    let graceful = GracefulShutdown::new();
+    let listen = &state.config.listen;
+    let limits = Limits {
+        first_head: listen.read_timeout.0,
+        idle: match which {
+            Listener::Api => listen.read_timeout.0,
+            Listener::Internal => listen.idle_timeout.0,
+        },
+    };
+    let slots = Arc::new(Semaphore::new(
+        listen.max_connections.get().min(Semaphore::MAX_PERMITS),
+    ));
+    // Every connection task holds a receiver; `closed()` resolves when the last one ends.
+    let (drain, _) = watch::channel(());
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(limits.idle))
+        .keep_alive_timeout(limits.first_head);
     if which == Listener::Api {
-        // A client that trickles its request head ties up a connection: give up after a while.
-        // Not on the internal listener: its only client is the gateway's connection pool, and
-        // arming a timer for every request head costs the check endpoint measurably.
+        // A client that trickles a later request head is cut off by hyper too. Not on the
+        // internal listener: arming a timer for every request head costs the check endpoint
+        // measurably, and the per-connection watchdog bounds its idle time instead.
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(state.config.listen.read_timeout.0);
-        builder.http2().timer(TokioTimer::new());
+            .header_read_timeout(listen.read_timeout.0);
     }
     loop {
         let (stream, peer) = tokio::select! {
@@ -73,28 +96,147 @@ pub async fn serve(
             },
             _ = shutdown.changed() => break,
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(listener = ?which, %peer, "listen.max_connections reached; connection closed");
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
+        let activity = Arc::new(Activity::default());
         let state = state.clone();
+        let seen = activity.clone();
         let service = service_fn(move |req| {
             let state = state.clone();
-            async move { Ok::<_, Infallible>(dispatch(&state, which, req, peer).await) }
+            let busy = seen.begin();
+            async move {
+                let response = dispatch(&state, which, req, peer).await;
+                drop(busy);
+                Ok::<_, Infallible>(response)
+            }
         });
         let conn = builder
             .serve_connection(TokioIo::new(stream), service)
             .into_owned();
-        let conn = graceful.watch(conn);
+        let mut draining = drain.subscribe();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            let mut conn = std::pin::pin!(conn);
+            let mut watchdog = Watchdog::new(activity, limits);
+            let timer = tokio::time::sleep(limits.first_head);
+            let mut timer = std::pin::pin!(timer);
+            let mut shutting_down = false;
+            let result = loop {
+                tokio::select! {
+                    result = conn.as_mut() => break result,
+                    _ = draining.changed(), if !shutting_down => {
+                        shutting_down = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                    () = &mut timer => match watchdog.tick() {
+                        Verdict::Wait(next) => timer.as_mut().reset(tokio::time::Instant::now() + next),
+                        Verdict::Idle(bound) => {
+                            conn.as_mut().graceful_shutdown();
+                            timer.as_mut().reset(tokio::time::Instant::now() + bound);
+                        }
+                        Verdict::Drop => break Ok(()),
+                    },
+                }
+            };
+            if let Err(e) = result {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
+            drop(slot);
         });
     }
     drop(listener);
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    let _ = drain.send(());
+    if tokio::time::timeout(grace, drain.closed()).await.is_err() {
         tracing::warn!("some connections did not finish within the shutdown grace");
+    }
+}
+
+/// How long a connection may wait for its first request head, and sit idle between requests.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    first_head: Duration,
+    idle: Duration,
+}
+
+/// Requests a connection has begun and finished, counted by its service. Two uncontended
+/// atomic additions per request: no timer is armed or cancelled per request.
+#[derive(Debug, Default)]
+struct Activity {
+    started: AtomicU64,
+    finished: AtomicU64,
+}
+
+impl Activity {
+    fn begin(self: &Arc<Self>) -> Busy {
+        self.started.fetch_add(1, Ordering::Relaxed);
+        Busy(self.clone())
+    }
+}
+
+/// One request in progress; counted as finished when dropped (answered, or abandoned).
+struct Busy(Arc<Activity>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.finished.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// One timer per connection. It first fires `first_head` after the connection opened: no
+/// request yet means the peer sent nothing usable in time (silence, a partial HTTP/1 head, a
+/// partial HTTP/2 preface), and the connection is dropped. After that it fires every `idle`: a
+/// connection with no request in progress and none begun since the last tick is idle (so it is
+/// closed between `idle` and twice that after its last request), and is shut down gracefully;
+/// if it is still open `first_head` later, it is dropped.
+struct Watchdog {
+    activity: Arc<Activity>,
+    limits: Limits,
+    phase: Phase,
+}
+
+enum Phase {
+    FirstHead,
+    Serving { seen: u64 },
+    Closing,
+}
+
+/// What to do when the watchdog's timer fires.
+enum Verdict {
+    /// Fine: look again after this long.
+    Wait(Duration),
+    /// Idle: shut down gracefully, and look again after this long.
+    Idle(Duration),
+    /// Close the connection now.
+    Drop,
+}
+
+impl Watchdog {
+    fn new(activity: Arc<Activity>, limits: Limits) -> Watchdog {
+        Watchdog {
+            activity,
+            limits,
+            phase: Phase::FirstHead,
+        }
+    }
+
+    fn tick(&mut self) -> Verdict {
+        let started = self.activity.started.load(Ordering::Relaxed);
+        let finished = self.activity.finished.load(Ordering::Relaxed);
+        match self.phase {
+            Phase::FirstHead if started == 0 => Verdict::Drop,
+            Phase::Serving { seen } if started == seen && finished == started => {
+                self.phase = Phase::Closing;
+                Verdict::Idle(self.limits.first_head)
+            }
+            Phase::FirstHead | Phase::Serving { .. } => {
+                self.phase = Phase::Serving { seen: started };
+                Verdict::Wait(self.limits.idle)
+            }
+            Phase::Closing => Verdict::Drop,
+        }
     }
 }
 
@@ -119,7 +261,7 @@ async fn dispatch(
             let limit = state.config.listen.read_timeout.0;
             let read = tokio::time::timeout(limit, Req::read(req, peer)).await;
             let response = match read {
-                Ok(Ok(req)) => api(state, req)
+                Ok(Ok(req)) => api(state, req.behind(state.config.listen.trusted_proxies))
                     .await
                     .unwrap_or_else(ApiError::into_response),
                 Ok(Err(e)) => e.into_response(),
@@ -128,11 +270,9 @@ async fn dispatch(
             };
             let status = response.status().as_u16();
             let latency = started.elapsed();
-            state.metrics.request(
-                &crate::metrics::endpoint_label(&path, status),
-                status,
-                latency,
-            );
+            state
+                .metrics
+                .request(crate::metrics::endpoint_label(&path), status, latency);
             tracing::info!(
                 %method, %path, status,
                 latency_us = latency.as_micros() as u64, %request_id, "request"

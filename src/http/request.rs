@@ -1,7 +1,7 @@
 //! Reading requests: the body with its limits, JSON with field-named errors, the bearer token,
 //! the client's origin, pagination.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_TYPE, USER_AGENT};
@@ -24,6 +24,8 @@ pub struct Req {
     pub body: Bytes,
     /// The TCP peer.
     pub peer: SocketAddr,
+    /// How many proxies in front of usher append to `X-Forwarded-For` (`listen.trusted_proxies`).
+    pub trusted_proxies: usize,
 }
 
 impl Req {
@@ -56,12 +58,33 @@ impl Req {
             })?
             .to_bytes();
         storable_query(parts.uri.query())?;
-        Ok(Req { parts, body, peer })
+        Ok(Req {
+            parts,
+            body,
+            peer,
+            trusted_proxies: DEFAULT_TRUSTED_PROXIES,
+        })
     }
 
     /// A request built in memory, for tests and benches.
     pub fn new(parts: Parts, body: Bytes, peer: SocketAddr) -> Req {
-        Req { parts, body, peer }
+        Req {
+            parts,
+            body,
+            peer,
+            trusted_proxies: DEFAULT_TRUSTED_PROXIES,
+        }
+    }
+
+    /// The same request, its client IP read through `trusted_proxies` proxies.
+    pub fn behind(mut self, trusted_proxies: usize) -> Req {
+        self.trusted_proxies = trusted_proxies;
+        self
+    }
+
+    /// The client's IP: see [`client_ip`].
+    pub fn client_ip(&self) -> IpAddr {
+        client_ip(&self.parts.headers, self.peer, self.trusted_proxies)
     }
 
     /// The body as `T`: 415 unless JSON, 400 when not JSON at all, 422 naming the field
@@ -94,7 +117,7 @@ impl Req {
             .and_then(|v| v.to_str().ok())
             .map(|s| s.chars().take(512).collect());
         Origin {
-            ip: Some(client_ip(&self.parts.headers, self.peer)),
+            ip: Some(self.client_ip().to_string()),
             user_agent,
         }
     }
@@ -273,16 +296,43 @@ pub fn bearer(headers: &http::HeaderMap) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-/// The client IP: the first `X-Forwarded-For` entry when present (usher runs behind the
-/// gateway), else the TCP peer.
-fn client_ip(headers: &http::HeaderMap, peer: SocketAddr) -> String {
-    headers
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(',').next())
+/// The default of `listen.trusted_proxies`: the TCP peer is the gateway.
+pub const DEFAULT_TRUSTED_PROXIES: usize = 1;
+
+/// The client IP, given that the last `trusted_proxies` hops before usher are proxies that each
+/// append the address they received the request from to `X-Forwarded-For`.
+///
+/// The hops, oldest first, are the `X-Forwarded-For` entries (every such header, in order)
+/// followed by the TCP peer. The last `trusted_proxies` of them are trusted proxies; the client
+/// is the hop just before them — the rightmost entry a trusted proxy wrote. Anything further
+/// left came from the client and never counts. With fewer hops than that (a proxy that did not
+/// append), the leftmost hop; with `trusted_proxies = 0`, the TCP peer. An entry that is not an
+/// IP address (or `IP:port`) falls back to the TCP peer.
+pub fn client_ip(headers: &http::HeaderMap, peer: SocketAddr, trusted_proxies: usize) -> IpAddr {
+    if trusted_proxies == 0 {
+        return peer.ip();
+    }
+    let entries: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("").split(','))
         .map(str::trim)
-        .and_then(|v| v.parse::<std::net::IpAddr>().ok())
-        .map_or_else(|| peer.ip().to_string(), |ip| ip.to_string())
+        .collect();
+    // Hops: the entries, then the peer. The peer is the first trusted proxy, so the client is
+    // entry `len - trusted_proxies`; with fewer entries, the leftmost.
+    let at = entries.len().saturating_sub(trusted_proxies);
+    entries
+        .get(at)
+        .and_then(|entry| parse_hop(entry))
+        .unwrap_or(peer.ip())
+}
+
+/// An `X-Forwarded-For` entry: `1.2.3.4`, `1.2.3.4:5678`, `::1` or `[::1]:5678`.
+fn parse_hop(entry: &str) -> Option<IpAddr> {
+    entry
+        .parse::<IpAddr>()
+        .ok()
+        .or_else(|| entry.parse::<SocketAddr>().ok().map(|a| a.ip()))
 }
 
 #[cfg(test)]
@@ -363,6 +413,34 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn client_ip_is_the_rightmost_untrusted_hop() {
+        let peer: SocketAddr = "10.0.0.1:4000".parse().unwrap();
+        let ip = |xff: &[&str], trusted| {
+            let mut h = http::HeaderMap::new();
+            for v in xff {
+                h.append("x-forwarded-for", v.parse().unwrap());
+            }
+            client_ip(&h, peer, trusted).to_string()
+        };
+        // The gateway appends the address it saw; whatever the client wrote is further left.
+        assert_eq!(ip(&["203.0.113.9, 198.51.100.7"], 1), "198.51.100.7");
+        assert_eq!(ip(&["203.0.113.9", "198.51.100.7"], 1), "198.51.100.7");
+        assert_eq!(ip(&["198.51.100.7"], 1), "198.51.100.7");
+        assert_eq!(ip(&["198.51.100.7:5555"], 1), "198.51.100.7");
+        assert_eq!(ip(&["[2001:db8::1]:80"], 1), "2001:db8::1");
+        // Two proxies (a load balancer, then the gateway).
+        assert_eq!(
+            ip(&["203.0.113.9, 198.51.100.7, 10.0.0.2"], 2),
+            "198.51.100.7"
+        );
+        assert_eq!(ip(&["198.51.100.7"], 2), "198.51.100.7");
+        // No proxy trusted, no header, or garbage: the TCP peer.
+        assert_eq!(ip(&["203.0.113.9"], 0), "10.0.0.1");
+        assert_eq!(ip(&[], 1), "10.0.0.1");
+        assert_eq!(ip(&["203.0.113.9, unknown"], 1), "10.0.0.1");
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::str::FromStr;
 use anyhow::Context;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::error::SqlState;
-use tokio_postgres::NoTls;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::config;
 
@@ -79,14 +79,16 @@ pub async fn conn(pool: &Pool) -> Result<Object> {
 
 /// Builds the pool; creates the database first when allowed and missing.
 pub async fn connect(cfg: &config::Database) -> anyhow::Result<Pool> {
-    let pg = tokio_postgres::Config::from_str(cfg.url.expose())
+    let tls = crate::tls::parse_pg(cfg.url.expose(), cfg.ca_file.as_deref())?;
+    let pg = tokio_postgres::Config::from_str(&tls.url)
         .context("database.url is not a valid PostgreSQL URL")?;
+    let tls = crate::tls::postgres(&tls)?;
     if cfg.create_if_missing {
-        create_database_if_missing(&pg).await?;
+        create_database_if_missing(&pg, &tls).await?;
     }
     let manager = Manager::from_config(
         pg,
-        NoTls,
+        tls,
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },
@@ -102,11 +104,14 @@ pub async fn connect(cfg: &config::Database) -> anyhow::Result<Pool> {
     Ok(pool)
 }
 
-async fn create_database_if_missing(pg: &tokio_postgres::Config) -> anyhow::Result<()> {
+async fn create_database_if_missing(
+    pg: &tokio_postgres::Config,
+    tls: &MakeRustlsConnect,
+) -> anyhow::Result<()> {
     let Some(name) = pg.get_dbname().map(str::to_owned) else {
         return Ok(());
     };
-    match pg.connect(NoTls).await {
+    match pg.connect(tls.clone()).await {
         Ok(_) => return Ok(()),
         Err(e) if e.as_db_error().map(|d| d.code()) == Some(&SqlState::INVALID_CATALOG_NAME) => {}
         Err(e) => return Err(anyhow::Error::new(e).context("connecting to PostgreSQL")),
@@ -114,7 +119,7 @@ async fn create_database_if_missing(pg: &tokio_postgres::Config) -> anyhow::Resu
     let mut admin = pg.clone();
     admin.dbname("postgres");
     let (client, connection) = admin
-        .connect(NoTls)
+        .connect(tls.clone())
         .await
         .context("connecting to the `postgres` database to create usher's")?;
     tokio::spawn(connection);
@@ -129,7 +134,7 @@ async fn create_database_if_missing(pg: &tokio_postgres::Config) -> anyhow::Resu
         }
         // Another replica created it at the same moment (PostgreSQL reports that as either
         // duplicate_database or a unique violation on pg_database).
-        Err(_) if pg.connect(NoTls).await.is_ok() => Ok(()),
+        Err(_) if pg.connect(tls.clone()).await.is_ok() => Ok(()),
         Err(e) => Err(anyhow::Error::new(e).context(format!("creating database {name}"))),
     }
 }

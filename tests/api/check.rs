@@ -334,12 +334,9 @@ async fn every_decision_in_every_request_shape() {
             assert_eq!(r.verdict(), (200, String::new()), "{ctx} {host}");
         }
 
-        // Every spelling of a climb out of the film routes is judged as /admin/...: anonymous
-        // (who may browse films) gets 401, a user 403 — never the films_read allow.
+        // Every plain spelling of a climb out of the film routes is judged as /admin/...:
+        // anonymous (who may browse films) gets 401, a user 403 — never the films_read allow.
         for uri in [
-            "/api/v1/films/..%2f..%2f..%2fadmin/users",
-            "/api/v1/films/%2e%2e/%2e%2e/%2e%2e/admin/users",
-            "/api/v1/films/%2E%2E/%2e./.%2e/admin/users",
             "/api/v1/films/../../../admin/users",
             "/api/v1/films/./../../..//admin/users/",
             "//admin//users",
@@ -350,8 +347,12 @@ async fn every_decision_in_every_request_shape() {
             let r = ask(&app, shape, "GET", HOST, uri, u).await;
             assert_eq!(r.verdict(), (403, "forbidden".into()), "{ctx} {uri}");
         }
-        // Above the root, bad encodings, control characters: 403, whoever asks.
+        // Above the root, bad encodings, control characters, encoded dots and slashes (refused,
+        // not resolved: a gateway may forward them as written): 403, whoever asks.
         for uri in [
+            "/api/v1/films/..%2f..%2f..%2fadmin/users",
+            "/api/v1/films/%2e%2e/%2e%2e/%2e%2e/admin/users",
+            "/api/v1/films/%2E%2E/%2e./.%2e/admin/users",
             "/api/v1/films/../../../../x",
             "/api/v1/films/..%2f..%2f..%2f..%2f..%2f",
             "/api/v1/films/%zz",
@@ -380,6 +381,66 @@ async fn every_decision_in_every_request_shape() {
         r#"usher_check_decisions_total{route="invalid_path",outcome="forbidden"}"#,
     ] {
         assert!(metrics.contains(line), "{line} in\n{metrics}");
+    }
+}
+
+/// Paths an upstream would read as the stream route, and hosts that do not parse: refused (403)
+/// in every request shape, even for a user who may browse films and on public routes.
+#[tokio::test]
+async fn paths_and_hosts_upstreams_read_differently_are_refused() {
+    let (app, _map) = spawn_with_map(MAP, |_| {}).await;
+    grant(&app, "user", "films_read").await;
+    let user = app.user().await;
+    let u = Some(user.access.as_str());
+    for shape in SHAPES {
+        let ctx = format!("{shape:?}");
+        let r = ask(&app, shape, "GET", HOST, "/api/v1/films/42", u).await;
+        assert_eq!(r.verdict(), (200, String::new()), "{ctx}");
+        let r = ask(&app, shape, "GET", HOST, "/api/v1/films/42/stream", u).await;
+        assert_eq!(r.verdict(), (403, "forbidden".into()), "{ctx}");
+        for uri in [
+            // Tomcat and Spring strip path parameters.
+            "/api/v1/films/42/stream;jsessionid=x",
+            "/api/v1/films/42;x=1/stream",
+            // Express and ASP.NET route case-insensitively: judged as the stream route.
+            "/api/v1/films/42/STREAM",
+            "/API/V1/FILMS/42/Stream",
+            "/api/v1/films/42/%53tream",
+            // Backslashes, trailing dots and whitespace, encoded delimiters.
+            "/api/v1/films/42/stream\\",
+            "/api/v1/films\\42\\stream",
+            "/api/v1/films/42/stream.",
+            "/api/v1/films/42/stream%20",
+            "/api/v1/films/42/stream%3Fx=1",
+            "/api/v1/films/42/stream%3fx=1",
+            "/api/v1/films/42/stream%2F",
+            "/api/v1/films/42/stream%5C",
+            "/api/v1/films/42/stream%3B",
+            "/api/v1/films/42/stream%23",
+            "/api/v1/films/42/stream%25",
+            "/api/v1/films/42/x/..%2Fstream",
+        ] {
+            let r = ask(&app, shape, "GET", HOST, uri, u).await;
+            assert_eq!(r.verdict(), (403, "forbidden".into()), "{ctx} {uri}");
+        }
+        // A host that does not parse is refused, even on a public route; it never falls
+        // through to the host-less routes.
+        for host in [
+            "admin.cinema.local:abc",
+            "admin.cinema.local:8000:",
+            "admin.cinema.local..",
+            "admin%2ecinema.local",
+            "admin.cinema.local%2e",
+            "admin..cinema.local",
+        ] {
+            let r = ask(&app, shape, "POST", host, "/api/v1/auth/login", None).await;
+            assert_eq!(r.verdict(), (403, "forbidden".into()), "{ctx} {host}");
+        }
+        // One trailing dot, letter case and a port are fine: the admin route, not public.
+        for host in ["admin.cinema.local.", "ADMIN.Cinema.Local:8443"] {
+            let r = ask(&app, shape, "POST", host, "/api/v1/auth/login", None).await;
+            assert_eq!(r.verdict(), (401, "unauthorized".into()), "{ctx} {host}");
+        }
     }
 }
 
@@ -620,6 +681,7 @@ fn routes_check_explains_a_map_and_names_the_bad_line() {
         .arg(&good.0)
         .args(["--probe", "GET /api/v1/films/1/stream"])
         .args(["--probe", "GET admin.cinema.local/x"])
+        .args(["--probe", "GET /api/v1/films/../../../admin/x"])
         .args(["--probe", "GET /api/v1/films/%2e%2e/%2e%2e/%2e%2e/admin/x"])
         .output()
         .unwrap();
@@ -635,6 +697,10 @@ fn routes_check_explains_a_map_and_names_the_bad_line() {
         "{stdout}"
     );
     assert!(stdout.contains("route /admin/{*rest}"), "{stdout}");
+    assert!(
+        stdout.contains("/admin/x: refused (403): the request path percent-encodes"),
+        "{stdout}"
+    );
 
     let bad = tempfile_path::TempFile::new(&MAP.replace("\"films_watch\"]", "\"films_wacth\"]"));
     let out = std::process::Command::new(usher)

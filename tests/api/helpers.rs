@@ -484,3 +484,19 @@ pub fn which(name: &str) -> String {
     }
     name.to_owned()
 }
+
+/// A tool (on PATH, else the first of `candidates` that exists), or `None` after a notice when
+/// it is missing outside CI; with `CI=true` a missing tool fails the test.
+pub fn tool(name: &str, candidates: &[std::path::PathBuf]) -> Option<std::path::PathBuf> {
+    let found = std::iter::once(std::path::PathBuf::from(which(name)))
+        .chain(candidates.iter().cloned())
+        .find(|p| p.is_absolute() && p.is_file());
+    if found.is_none() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{name} is not installed, and CI=true (scripts/test installs it)"
+        );
+        eprintln!("NOTICE: {name} is not installed; skipping this check");
+    }
+    found
+}
