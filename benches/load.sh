@@ -105,7 +105,7 @@ echo "| server | requests/s |"
 echo "|---|---|"
 echo "| bare hyper (reference) | $bare_rps (runs: ${bare_all[*]}) |"
 echo "| usher /ext_authz | $usher_rps (runs: ${usher_all[*]}) |"
-echo "| ratio | $ratio % (target ≥ 75 %) |"
+echo "| ratio | $ratio % (target ≥ 85 %) |"
 echo
 echo "Latency at about $RATE requests/s (wrk paced, --latency):"
 echo

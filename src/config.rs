@@ -238,6 +238,9 @@ pub struct Passwords {
     pub max_queue: usize,
     /// Longest wait for the pool before answering 503 `busy`.
     pub queue_timeout: Dur,
+    /// Nice value of the hashing threads (0–19; Linux): above 0 they take only the CPU that
+    /// the request workers leave idle.
+    pub nice: i32,
 }
 
 impl Default for Passwords {
@@ -249,6 +252,7 @@ impl Default for Passwords {
             max_concurrent: 0,
             max_queue: 64,
             queue_timeout: Dur::secs(2),
+            nice: 10,
         }
     }
 }

@@ -234,16 +234,15 @@ impl Metrics {
     /// A gateway check decided; `route` is the route map's label.
     pub fn check(&self, route: &str, outcome: Outcome, latency: Duration) {
         let slot = outcome as usize;
-        let found = self.checks.read().ok().and_then(|m| m.get(route).cloned());
-        let counters = match found {
-            Some(c) => c,
-            None => match self.checks.write() {
-                Ok(mut m) => m.entry(route.to_owned()).or_default().clone(),
-                Err(_) => return,
-            },
-        };
-        counters[slot].fetch_add(1, Ordering::Relaxed);
         self.check_latency.observe(latency);
+        // Counted under the read lock: no reference count to raise and drop on every check.
+        if let Some(counters) = self.checks.read().ok().as_ref().and_then(|m| m.get(route)) {
+            counters[slot].fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if let Ok(mut m) = self.checks.write() {
+            m.entry(route.to_owned()).or_default()[slot].fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// The Prometheus text exposition.
