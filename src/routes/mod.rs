@@ -1454,7 +1454,7 @@ require = ["user_all_read"]
 
     #[test]
     fn example_route_map_is_valid() {
-        let text = include_str!("../gateway-config/routes.toml");
+        let text = include_str!("../../gateway-config/routes.toml");
         let builtin = [
             "user_self_read",
             "user_self_update",
