@@ -50,7 +50,7 @@ pub struct Prepared {
 pub async fn prepare(config: &Config) -> anyhow::Result<Prepared> {
     let routes = load_routes(config)?;
     let (db, applied) = migrated(config).await?;
-    store::migrate::seed(&db, routes.service_permissions()).await?;
+    crate::permissions::seed(&db, routes.service_permissions()).await?;
     Ok(Prepared {
         routes,
         db,
@@ -192,7 +192,7 @@ impl Application {
                 let state = state.clone();
                 let declared = map.service_permissions().to_vec();
                 tokio::spawn(async move {
-                    match store::migrate::seed(&state.db, &declared).await {
+                    match crate::permissions::seed(&state.db, &declared).await {
                         Ok(()) => domain::Changed::catalog().propagate(&state).await,
                         Err(e) => tracing::warn!(error = %e, "service permissions not stored"),
                     }

@@ -56,6 +56,17 @@ pub const USER_ROLE_GRANTS: &[&str] = &[
     "permission_read",
 ];
 
+/// Creates the built-in permissions and roles that are missing, and adds the route map's
+/// service permissions (`declared`), in PostgreSQL.
+pub async fn seed(pool: &Pool, declared: &[(String, String)]) -> anyhow::Result<()> {
+    let builtins = store::migrate::Builtins {
+        permissions: BUILTIN_PERMISSIONS,
+        roles: BUILTIN_ROLES,
+        registered: (USER, USER_ROLE_GRANTS),
+    };
+    store::migrate::seed(pool, &builtins, declared).await
+}
+
 /// Names of the built-in permissions.
 pub fn builtin_names() -> Vec<&'static str> {
     BUILTIN_PERMISSIONS.iter().map(|(n, _)| *n).collect()
