@@ -22,57 +22,47 @@ use crate::permissions::Permissions;
 use crate::revocation::Revocation;
 use crate::routes::RouteMap;
 use crate::tokens::Tokens;
-use crate::{feed, store};
+use crate::{domain, feed, store};
 
-/// Everything a request may need; shared by all tasks.
-pub struct State {
-    /// The effective configuration.
-    pub config: Config,
-    /// PostgreSQL.
-    pub db: Pool,
-    /// Redis.
-    pub kv: Arc<Kv>,
-    /// Password hashing.
-    pub passwords: Passwords,
-    /// Access-token keys.
-    pub tokens: Tokens,
-    /// Roles → permissions.
-    pub permissions: Permissions,
-    /// Revoked sessions and roles versions.
-    pub revocation: Revocation,
-    /// Verified-token cache.
-    pub guard: Guard,
-    /// The gateway route map in force; swapped whole on reload.
-    pub routes: Arc<ArcSwap<RouteMap>>,
-    /// Counters and histograms for `/metrics`.
-    pub metrics: crate::metrics::Metrics,
-    /// Set on SIGTERM: `/readyz` answers 503 while requests are still served.
-    pub draining: AtomicBool,
-}
-
-impl State {
-    /// Whether shutdown has begun.
-    pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Relaxed)
-    }
-}
-
-impl State {
-    /// Rereads the signing keys; when one was retired, tokens verified with it are forgotten
-    /// so that they are verified again, and refused.
-    pub async fn reload_keys(&self) {
-        match self.tokens.reload(&self.db, &self.config.tokens).await {
-            Ok(true) => self.guard.forget_all(),
-            Ok(false) => {}
-            Err(e) => tracing::warn!(error = %e, "signing keys not reloaded"),
-        }
-    }
-}
+/// The shared state lives below every layer that reads it; named here too for callers that
+/// build an application and look inside.
+pub use crate::state::State;
 
 /// Loads the route map named by the configuration; fatal at startup when it is bad.
 pub fn load_routes(config: &Config) -> anyhow::Result<RouteMap> {
     RouteMap::load(&config.routes.file, &crate::permissions::builtin_names())
         .with_context(|| format!("loading the route map {}", config.routes.file.display()))
+}
+
+/// A database ready for usher, and the route map it was seeded from.
+pub struct Prepared {
+    /// The route map named by the configuration.
+    pub routes: RouteMap,
+    /// The pool.
+    pub db: Pool,
+    /// Migrations applied just now, by name.
+    pub applied: Vec<&'static str>,
+}
+
+/// The one start-up sequence of the server and of every command that changes data: load the
+/// route map (its service permissions belong in the catalog), connect, migrate, seed the
+/// built-in roles and permissions.
+pub async fn prepare(config: &Config) -> anyhow::Result<Prepared> {
+    let routes = load_routes(config)?;
+    let (db, applied) = migrated(config).await?;
+    crate::permissions::seed(&db, routes.service_permissions()).await?;
+    Ok(Prepared {
+        routes,
+        db,
+        applied,
+    })
+}
+
+/// Connects and applies pending migrations; for commands that need no route map.
+pub async fn migrated(config: &Config) -> anyhow::Result<(Pool, Vec<&'static str>)> {
+    let db = store::connect(&config.database).await?;
+    let applied = store::migrate::migrate(&db).await?;
+    Ok((db, applied))
 }
 
 /// A built, bound, not yet running usher.
@@ -85,10 +75,7 @@ pub struct Application {
 impl Application {
     /// Connects, migrates, seeds, loads keys and binds both listeners.
     pub async fn build(config: Config) -> anyhow::Result<Application> {
-        let routes = load_routes(&config)?;
-        let db = store::connect(&config.database).await?;
-        store::migrate::migrate(&db).await?;
-        store::migrate::seed(&db, routes.service_permissions()).await?;
+        let Prepared { routes, db, .. } = prepare(&config).await?;
         let kv = Kv::new(&config.redis)?;
         let passwords = Passwords::new(&config.passwords).await?;
         let tokens = Tokens::load(&db, &config.tokens).await?;
@@ -205,13 +192,8 @@ impl Application {
                 let state = state.clone();
                 let declared = map.service_permissions().to_vec();
                 tokio::spawn(async move {
-                    match store::migrate::seed(&state.db, &declared).await {
-                        Ok(()) => {
-                            if let Err(e) = state.permissions.refresh(&state.db, true).await {
-                                tracing::warn!(error = %e, "permission snapshot not refreshed");
-                            }
-                            state.revocation.announce("c").await;
-                        }
+                    match crate::permissions::seed(&state.db, &declared).await {
+                        Ok(()) => domain::Changed::catalog().propagate(&state).await,
                         Err(e) => tracing::warn!(error = %e, "service permissions not stored"),
                     }
                 });

@@ -9,8 +9,8 @@ use std::net::IpAddr;
 
 use uuid::Uuid;
 
-use crate::app::State;
-use crate::http::error::ApiError;
+use crate::domain::DomainError;
+use crate::state::State;
 use crate::store::history::Origin;
 use crate::store::{self, users::canonical_email};
 
@@ -72,14 +72,14 @@ async fn count_in_redis(state: &State, key: &str, window: u64) -> Result<(u32, i
 }
 
 /// Reserves one attempt for `subject`, or 429 when its attempts in the window are used up.
-pub async fn reserve(state: &State, subject: &Subject<'_>) -> Result<Reservation, ApiError> {
+pub async fn reserve(state: &State, subject: &Subject<'_>) -> Result<Reservation, DomainError> {
     let key = subject.key();
     let max = state.config.login.max_failures;
     let window = state.config.login.window.0;
     let redis_key = state.kv.key(&key);
     if let Ok((count, ttl)) = count_in_redis(state, &redis_key, window.as_secs()).await {
         if count > max {
-            return Err(ApiError::TooManyAttempts(ttl.max(1) as u64));
+            return Err(DomainError::TooManyAttempts(ttl.max(1) as u64));
         }
         return Ok(Reservation {
             key,
@@ -89,7 +89,7 @@ pub async fn reserve(state: &State, subject: &Subject<'_>) -> Result<Reservation
     let db = store::conn(&state.db).await?;
     let (count, left) = store::attempts::reserve(&db, &key, window.as_secs_f64()).await?;
     if count > max as i32 {
-        return Err(ApiError::TooManyAttempts(left.ceil().max(1.0) as u64));
+        return Err(DomainError::TooManyAttempts(left.ceil().max(1.0) as u64));
     }
     Ok(Reservation {
         key,
@@ -144,14 +144,14 @@ impl Reservation {
 
 /// Counts one register or login request of the client, or 429 when its address (its /64 for
 /// IPv6, which a client gets whole) has used up `login.per_ip` this minute.
-pub async fn per_ip(state: &State, origin: &Origin) -> Result<(), ApiError> {
+pub async fn per_ip(state: &State, origin: &Origin) -> Result<(), DomainError> {
     let limit = state.config.login.per_ip;
     let Some(ip) = origin.ip.as_deref().filter(|_| limit > 0) else {
         return Ok(());
     };
     let key = state.kv.key(format_args!("ip:{}", address_block(ip)));
     match count_in_redis(state, &key, PER_IP_WINDOW_SECS).await {
-        Ok((count, ttl)) if count > limit => Err(ApiError::TooManyAttempts(ttl.max(1) as u64)),
+        Ok((count, ttl)) if count > limit => Err(DomainError::TooManyAttempts(ttl.max(1) as u64)),
         _ => Ok(()),
     }
 }

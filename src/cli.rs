@@ -7,13 +7,12 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use crate::app::Application;
+use crate::app::{self, Application};
 use crate::config::{Config, LogFormat};
-use crate::http::auth::{valid_email, valid_password};
+use crate::domain::{self, registration, DomainError};
 use crate::passwords::Passwords;
 use crate::permissions::SUPERUSER;
 use crate::routes::{Requirement, RouteMap};
-use crate::store;
 
 /// usher: authentication, authorization and the gateway check of the cinema.
 #[derive(Debug, Parser)]
@@ -155,10 +154,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             app.run_until_stopped(shutdown_signal()).await
         }
         Command::Migrate => {
-            let routes = crate::app::load_routes(&config)?;
-            let pool = store::connect(&config.database).await?;
-            let applied = store::migrate::migrate(&pool).await?;
-            store::migrate::seed(&pool, routes.service_permissions()).await?;
+            let applied = app::prepare(&config).await?.applied;
             println!(
                 "applied {} migration(s): {}",
                 applied.len(),
@@ -169,10 +165,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Roles {
             command: RolesCommand::Create,
         } => {
-            let routes = crate::app::load_routes(&config)?;
-            let pool = store::connect(&config.database).await?;
-            store::migrate::migrate(&pool).await?;
-            store::migrate::seed(&pool, routes.service_permissions()).await?;
+            app::prepare(&config).await?;
             println!("built-in roles and permissions are in place");
             Ok(())
         }
@@ -192,8 +185,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Keys {
             command: KeysCommand::Rotate,
         } => {
-            let pool = store::connect(&config.database).await?;
-            store::migrate::migrate(&pool).await?;
+            let (pool, _) = app::migrated(&config).await?;
             let kid = crate::tokens::rotate(&pool, &config.tokens).await?;
             announce(&config, "k").await;
             println!("new signing key {kid}");
@@ -202,8 +194,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Keys {
             command: KeysCommand::Retire { kid },
         } => {
-            let pool = store::connect(&config.database).await?;
-            store::migrate::migrate(&pool).await?;
+            let (pool, _) = app::migrated(&config).await?;
             crate::tokens::retire(&pool, &kid).await?;
             announce(&config, "k").await;
             println!("signing key {kid} retired");
@@ -234,6 +225,29 @@ async fn announce(config: &Config, what: &str) {
     }
 }
 
+/// Tells running replicas of a committed change: roles and grants through the change feed
+/// (see [`announce`]), users whose roles changed through revocation, so their current tokens
+/// go stale and a refresh shows the new roles.
+async fn tell_replicas(config: &Config, pool: &deadpool_postgres::Pool, changed: domain::Changed) {
+    if changed.catalog {
+        announce(config, "c").await;
+    }
+    if changed.users.is_empty() {
+        return;
+    }
+    if let Ok(kv) = crate::kv::Kv::new(&config.redis) {
+        let revocation = crate::revocation::Revocation::new(
+            kv,
+            pool.clone(),
+            &config.cache,
+            config.tokens.access_ttl.0,
+        );
+        for (user, rv) in changed.users {
+            revocation.roles_changed(user, rv).await;
+        }
+    }
+}
+
 /// `usher roles grant|revoke ROLE PERMISSION...`.
 async fn change_grants(
     config: &Config,
@@ -241,26 +255,17 @@ async fn change_grants(
     permissions: &[String],
     grant: bool,
 ) -> anyhow::Result<()> {
-    let routes = crate::app::load_routes(config)?;
-    let pool = store::connect(&config.database).await?;
-    store::migrate::migrate(&pool).await?;
-    store::migrate::seed(&pool, routes.service_permissions()).await?;
-    let mut db = store::conn(&pool).await?;
-    let tx = db.transaction().await?;
-    let id = store::roles::id_by_name(&tx, role)
-        .await?
-        .with_context(|| format!("there is no role named {role:?}"))?;
-    anyhow::ensure!(
-        role != SUPERUSER,
-        "superuser holds every permission, always; its grants cannot change"
-    );
-    if let Some(unknown) = store::roles::first_unknown(&tx, permissions).await? {
-        anyhow::bail!("there is no permission {unknown:?} (see GET /api/v1/permissions)");
-    }
-    store::roles::change_grants(&tx, id, permissions, grant).await?;
-    store::roles::bump_catalog(&tx).await?;
-    tx.commit().await?;
-    announce(config, "c").await;
+    let pool = app::prepare(config).await?.db;
+    let changed = domain::roles::change_grants(&pool, role, permissions, grant)
+        .await
+        .map_err(|e| match e {
+            DomainError::NotFound => anyhow::anyhow!("there is no role named {role:?}"),
+            DomainError::UnknownPermission(p) => {
+                anyhow::anyhow!("there is no permission {p:?} (see GET /api/v1/permissions)")
+            }
+            e => e.into(),
+        })?;
+    tell_replicas(config, &pool, changed).await;
     let verb = if grant { "granted to" } else { "revoked from" };
     println!("{} {verb} {role}", permissions.join(", "));
     Ok(())
@@ -345,17 +350,9 @@ async fn superuser_create(
         Some(e) => e,
         None => prompt_line("E-mail: ")?,
     };
-    let mut errors = Vec::new();
-    let email = valid_email("email", &email, &mut errors);
-    if let Some(e) = errors.first() {
-        anyhow::bail!("invalid e-mail {email:?}: {}", e.message);
-    }
-    let routes = crate::app::load_routes(config)?;
-    let pool = store::connect(&config.database).await?;
-    store::migrate::migrate(&pool).await?;
-    store::migrate::seed(&pool, routes.service_permissions()).await?;
-    let mut db = pool.get().await.context("connecting to PostgreSQL")?;
-    let existing = store::users::credentials(&db, &email).await?;
+    let email = registration::superuser_email(&email).map_err(anyhow::Error::msg)?;
+    let pool = app::prepare(config).await?.db;
+    let existing = registration::existing(&pool, &email).await?;
     if let Some(found) = &existing {
         let already = found.user.roles.iter().any(|r| r == SUPERUSER);
         anyhow::ensure!(
@@ -375,43 +372,21 @@ async fn superuser_create(
             } else {
                 password_from_env_or_stdin()?
             };
-            let mut errors = Vec::new();
-            valid_password("password", &password, &mut errors);
-            if let Some(e) = errors.first() {
-                anyhow::bail!("invalid password: {}", e.message);
-            }
+            registration::superuser_password(&password).map_err(anyhow::Error::msg)?;
             let passwords = Passwords::new(&config.passwords).await?;
             Some(passwords.hash(password).await?)
         }
     };
-    let tx = db.transaction().await?;
-    let user = match (&existing, &hash) {
-        (Some(found), _) => found.user.clone(),
-        // Someone registering the address meanwhile makes this fail on the unique e-mail:
-        // never a silent promotion of their account.
-        (None, Some(hash)) => store::users::create(&tx, &email, hash)
-            .await
-            .with_context(|| format!("creating {email}"))?,
-        (None, None) => anyhow::bail!("no password to create {email} with"),
-    };
-    let version = store::users::add_role_named(&tx, user.id, SUPERUSER).await?;
-    tx.commit().await?;
-    if let Some(rv) = version {
-        // Running replicas: the user's current tokens go stale, so a refresh shows the role.
-        if let Ok(kv) = crate::kv::Kv::new(&config.redis) {
-            let revocation = crate::revocation::Revocation::new(
-                kv,
-                pool.clone(),
-                &config.cache,
-                config.tokens.access_ttl.0,
-            );
-            revocation.roles_changed(user.id, rv).await;
-        }
-    }
-    match (existing.is_some(), version.is_some()) {
-        (false, _) => println!("created superuser {email} ({})", user.id),
-        (true, true) => println!("{email} ({}) is now a superuser", user.id),
-        (true, false) => println!("{email} ({}) already is a superuser", user.id),
+    let existing = existing.map(|found| found.user);
+    let made = registration::make_superuser(&pool, &email, existing, hash.as_deref())
+        .await
+        .with_context(|| format!("making {email} a superuser"))?;
+    tell_replicas(config, &pool, made.changed).await;
+    let user = &made.user;
+    match (made.created, made.promoted) {
+        (true, _) => println!("created superuser {email} ({})", user.id),
+        (false, true) => println!("{email} ({}) is now a superuser", user.id),
+        (false, false) => println!("{email} ({}) already is a superuser", user.id),
     }
     if user.disabled {
         eprintln!("note: the account {email} is disabled and cannot log in");

@@ -9,8 +9,8 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use tokio::sync::watch;
 
-use crate::app::State;
 use crate::revocation::FEED;
+use crate::state::State;
 
 /// First and longest wait between attempts to resubscribe.
 const RETRY: (Duration, Duration) = (Duration::from_millis(250), Duration::from_secs(2));

@@ -13,8 +13,8 @@ use moka::sync::Cache;
 use uuid::Uuid;
 
 use crate::config;
-use crate::http::error::TokenError;
 use crate::revocation::{Cached, Revocation, Unavailable};
+use crate::tokens::TokenError;
 use crate::tokens::{AccessClaims, Tokens};
 
 /// A verified caller.

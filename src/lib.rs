@@ -1,25 +1,32 @@
 //! usher: the authentication and authorization service of the cinema, and the authorizer
 //! its gateway calls on every request.
 //!
-//! Map of the modules (data flows one way: `http` → domain → `store`):
-//! - `app` — builds the application from a `config::Config`, binds, runs until stopped.
-//! - `cli` — the `usher` command line.
-//! - `config` — figment layers: defaults, `usher.toml`, legacy and `USHER_*` variables.
-//! - `http` — listeners, routing, problem details, one file per resource.
-//! - `attempts` — login limits: attempts per account reserved before hashing, per client IP.
-//! - `sessions` — login, refresh (rotation, grace, reuse), logout, session ends.
-//! - `escalation` — the *No escalation* rules for role grants, assignments and superusers.
+//! Map of the modules. Data flows one way, `http` → domain → `store`, and nothing names a
+//! layer above it (checked by the `layers` tests):
+//! - `app` — builds the application from a `config::Config` (`prepare`: route map, connect,
+//!   migrate, seed), binds, runs until stopped.
+//! - `cli` — the `usher` command line; calls the same domain functions as the API.
+//! - `http` — listeners, routing, problem details, one file per resource. Handlers check the
+//!   caller's permission, read the request, call one domain function, render.
+//! - The domain layer, where every rule lives; answers values or a `domain::DomainError`:
+//!   - `domain` — users, roles, registration; the *No escalation* rules (`domain::escalation`);
+//!     what a committed change means to other replicas (`domain::Changed`).
+//!   - `sessions` — login, refresh (rotation, grace, reuse), logout, session ends.
+//!   - `attempts` — login limits: attempts per account reserved before hashing, per client IP.
+//! - `feed` — the Redis pub/sub change feed between replicas.
+//! - `retention` — background pruning of expired sessions and old login history.
+//! - `state` — the shared `State` every task reads; names only the parts it holds.
 //! - `guard` — bearer token → `Principal`, through the verified-token cache.
-//! - `tokens` — JWT signing and verification, keys, JWKS, refresh tokens.
+//! - `tokens` — JWT signing and verification, keys, JWKS, refresh tokens, `TokenError`.
 //! - `passwords` — Argon2id on a bounded blocking pool.
 //! - `revocation` — revoked sessions and roles versions: moka, Redis, PostgreSQL.
-//! - `feed` — the Redis pub/sub change feed between replicas.
 //! - `permissions` — the catalog and the roles → permissions snapshot.
 //! - `routes` — the gateway route map: parse, validate, normalise, match, reload.
 //! - `kv` — the Redis handle.
 //! - `metrics` — Prometheus counters and histograms.
-//! - `retention` — background pruning of expired sessions and old login history.
-//! - `store` — PostgreSQL: pool, migrations, one file per table family.
+//! - `store` — PostgreSQL: pool, migrations, one file per table family; rows and typed
+//!   errors, nothing of HTTP or of the domain.
+//! - `config` — figment layers: defaults, `usher.toml`, legacy and `USHER_*` variables.
 //! - `tls` — rustls for PostgreSQL (`sslmode`) and Redis (`rediss://`).
 #![forbid(unsafe_code)]
 
@@ -27,7 +34,7 @@ pub mod app;
 pub mod attempts;
 pub mod cli;
 pub mod config;
-pub mod escalation;
+pub mod domain;
 pub mod feed;
 pub mod guard;
 pub mod http;
@@ -39,6 +46,11 @@ pub mod retention;
 pub mod revocation;
 pub mod routes;
 pub mod sessions;
+pub mod state;
 pub mod store;
 pub mod tls;
 pub mod tokens;
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod layers;

@@ -8,9 +8,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use deadpool_postgres::Pool;
-use uuid::Uuid;
 
-use crate::app::State;
 use crate::store::{self, StoreError};
 
 /// The built-in permissions: `(name, description)`.
@@ -57,6 +55,17 @@ pub const USER_ROLE_GRANTS: &[&str] = &[
     "role_read",
     "permission_read",
 ];
+
+/// Creates the built-in permissions and roles that are missing, and adds the route map's
+/// service permissions (`declared`), in PostgreSQL.
+pub async fn seed(pool: &Pool, declared: &[(String, String)]) -> anyhow::Result<()> {
+    let builtins = store::migrate::Builtins {
+        permissions: BUILTIN_PERMISSIONS,
+        roles: BUILTIN_ROLES,
+        registered: (USER, USER_ROLE_GRANTS),
+    };
+    store::migrate::seed(pool, &builtins, declared).await
+}
 
 /// Names of the built-in permissions.
 pub fn builtin_names() -> Vec<&'static str> {
@@ -113,7 +122,7 @@ pub struct Permissions {
 impl Permissions {
     /// Reads the first snapshot.
     pub async fn load(pool: &Pool) -> Result<Permissions, StoreError> {
-        let snapshot = store::roles::snapshot(pool).await?;
+        let snapshot = Snapshot::read(pool).await?;
         Ok(Permissions {
             current: ArcSwap::from_pointee(snapshot),
         })
@@ -134,37 +143,20 @@ impl Permissions {
                 return Ok(());
             }
         }
-        let snapshot = store::roles::snapshot(pool).await?;
+        let snapshot = Snapshot::read(pool).await?;
         self.current.store(Arc::new(snapshot));
         Ok(())
     }
 }
 
-/// After roles, grants or a user's role set changed in PostgreSQL (committed): this replica
-/// rereads at once, then every replica hears of it. `catalog`: roles or grants changed;
-/// `users`: `(user, new roles version)` whose tokens now carry stale roles.
-///
-/// The news travels on the Redis pub/sub change feed rather than by polling PostgreSQL:
-/// every replica is already subscribed to that one channel, Redis is already required for
-/// revocation, and a message reaches them all in milliseconds, well inside the 1-second
-/// bound. When the feed is down, replicas poll the catalog version and ask Redis or
-/// PostgreSQL for roles versions instead (see `feed` and `revocation`).
-pub async fn propagate(state: &State, catalog: bool, users: &[(Uuid, i64)]) {
-    if catalog {
-        // A failure here is not the request's: the change is committed, and this replica
-        // hears its own announcement on the feed and rereads then.
-        if let Err(e) = state.permissions.refresh(&state.db, true).await {
-            tracing::warn!(error = %e, "permission snapshot not reread after a change");
-        }
-        state.revocation.announce("c").await;
-    }
-    for (user, rv) in users {
-        state.revocation.roles_changed(*user, *rv).await;
-    }
-}
-
 impl Snapshot {
-    /// Builds a snapshot from rows `(role, permission)`; for the store.
+    /// Reads roles and grants in one snapshot.
+    async fn read(pool: &Pool) -> Result<Snapshot, StoreError> {
+        let rows = store::roles::grants(pool).await?;
+        Ok(Snapshot::from_rows(rows.version, rows.grants, rows.catalog))
+    }
+
+    /// Builds a snapshot from rows `(role, permission)`.
     pub fn from_rows(
         version: i64,
         grants: Vec<(String, Option<String>)>,

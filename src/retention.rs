@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::app::State;
+use crate::state::State;
 use crate::store::retention::{self, Policy, Pruned};
 
 /// The pruning policy of a configuration.

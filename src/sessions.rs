@@ -5,15 +5,15 @@
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::app::State;
 use crate::attempts::{self, Subject};
+use crate::domain::DomainError;
 use crate::guard::Principal;
-use crate::http::error::{ApiError, TokenError};
 use crate::passwords::Verified;
+use crate::state::State;
 use crate::store::history::{self, Event, Origin};
 use crate::store::sessions::Refreshed;
 use crate::store::{self, users::User};
-use crate::tokens;
+use crate::tokens::{self, TokenError};
 
 /// What login and refresh answer.
 #[derive(Debug, Serialize)]
@@ -35,7 +35,7 @@ fn issue(
     user: &User,
     session: Uuid,
     refresh_token: String,
-) -> Result<Issued, ApiError> {
+) -> Result<Issued, DomainError> {
     let (access_token, claims) =
         state
             .tokens
@@ -57,7 +57,7 @@ pub async fn login(
     email: &str,
     password: String,
     origin: &Origin,
-) -> Result<Issued, ApiError> {
+) -> Result<Issued, DomainError> {
     attempts::per_ip(state, origin).await?;
     let found = {
         let db = store::conn(&state.db).await?;
@@ -70,9 +70,9 @@ pub async fn login(
     let attempt = attempts::reserve(state, &subject).await?;
     let outcome = authenticate(state, found, password, origin).await;
     match &outcome {
-        Ok(_) | Err(ApiError::AccountDisabled) => attempt.forgive(state).await,
+        Ok(_) | Err(DomainError::AccountDisabled) => attempt.forgive(state).await,
         // A wrong password: the attempt stays counted.
-        Err(ApiError::InvalidCredentials) => {}
+        Err(DomainError::InvalidCredentials) => {}
         // Never judged (busy, an outage): it does not count.
         Err(_) => attempt.release(state).await,
     }
@@ -94,11 +94,11 @@ async fn authenticate(
     found: Option<store::users::Credentials>,
     password: String,
     origin: &Origin,
-) -> Result<Issued, ApiError> {
+) -> Result<Issued, DomainError> {
     let Some(found) = found else {
         // Unknown e-mail: hashed against the dummy, so it costs what a wrong password does.
         state.passwords.verify(password, None).await?;
-        return Err(ApiError::InvalidCredentials);
+        return Err(DomainError::InvalidCredentials);
     };
     let user_id = found.user.id;
     let mut hash = found.password_hash;
@@ -109,7 +109,7 @@ async fn authenticate(
             .await?;
         if verdict == Verified::No {
             record_failure(state, user_id, origin);
-            return Err(ApiError::InvalidCredentials);
+            return Err(DomainError::InvalidCredentials);
         }
         let (refresh_token, refresh_hash) = tokens::new_refresh_token()?;
         let mut db = store::conn(&state.db).await?;
@@ -121,14 +121,14 @@ async fn authenticate(
         let Some((current, disabled)) =
             store::users::lock_for_login(&tx, user_id, rehash.is_some()).await?
         else {
-            return Err(ApiError::InvalidCredentials);
+            return Err(DomainError::InvalidCredentials);
         };
         if current != hash {
             hash = current;
             continue;
         }
         if disabled {
-            return Err(ApiError::AccountDisabled);
+            return Err(DomainError::AccountDisabled);
         }
         if let Some(new_hash) = rehash {
             store::users::set_password_hash(&tx, user_id, new_hash).await?;
@@ -138,12 +138,12 @@ async fn authenticate(
         history::record(&tx, user_id, Event::Login, origin, Some(session)).await?;
         let user = store::users::by_id(&tx, user_id)
             .await?
-            .ok_or(ApiError::InvalidCredentials)?;
+            .ok_or(DomainError::InvalidCredentials)?;
         tx.commit().await?;
         return issue(state, &user, session, refresh_token);
     }
     tracing::warn!(user = %user_id, "the password hash kept changing during a login");
-    Err(ApiError::Busy(1))
+    Err(DomainError::Busy(1))
 }
 
 /// Records a failed login off the response path, so that a wrong password for a known e-mail
@@ -166,7 +166,7 @@ pub async fn refresh(
     state: &State,
     refresh_token: &str,
     origin: &Origin,
-) -> Result<Issued, ApiError> {
+) -> Result<Issued, DomainError> {
     if refresh_token.is_empty() || refresh_token.len() > 256 {
         return Err(TokenError::Invalid.into());
     }
@@ -199,7 +199,7 @@ pub async fn refresh(
     };
     let user = store::users::by_id(&tx, user_id)
         .await?
-        .ok_or(ApiError::Token(TokenError::Revoked))?;
+        .ok_or(DomainError::Token(TokenError::Revoked))?;
     if user.disabled {
         return Err(TokenError::Revoked.into());
     }
@@ -209,7 +209,7 @@ pub async fn refresh(
 }
 
 /// Ends the caller's session.
-pub async fn logout(state: &State, who: &Principal, origin: &Origin) -> Result<(), ApiError> {
+pub async fn logout(state: &State, who: &Principal, origin: &Origin) -> Result<(), DomainError> {
     let mut db = store::conn(&state.db).await?;
     let tx = db.transaction().await?;
     let ended = store::sessions::revoke_one(&tx, who.user, who.session).await?;
@@ -220,7 +220,11 @@ pub async fn logout(state: &State, who: &Principal, origin: &Origin) -> Result<(
 }
 
 /// Ends every session of the caller's user.
-pub async fn logout_all(state: &State, who: &Principal, origin: &Origin) -> Result<(), ApiError> {
+pub async fn logout_all(
+    state: &State,
+    who: &Principal,
+    origin: &Origin,
+) -> Result<(), DomainError> {
     end_all(
         state,
         who.user,
@@ -245,11 +249,11 @@ async fn end_all(
     event: Event,
     origin: &Origin,
     session_for_history: Option<Uuid>,
-) -> Result<(), ApiError> {
+) -> Result<(), DomainError> {
     let mut db = store::conn(&state.db).await?;
     let tx = db.transaction().await?;
     if !store::users::lock(&tx, user).await? {
-        return Err(ApiError::NotFound);
+        return Err(DomainError::NotFound);
     }
     if let Some(hash) = new_password_hash {
         store::users::set_password_hash(&tx, user, hash).await?;
@@ -268,15 +272,15 @@ pub async fn change_password(
     old_password: String,
     new_password: String,
     origin: &Origin,
-) -> Result<(), ApiError> {
+) -> Result<(), DomainError> {
     let db = store::conn(&state.db).await?;
     let current = store::users::password_hash(&db, who.user).await?;
     drop(db);
     if current.is_none() {
-        return Err(ApiError::NotFound);
+        return Err(DomainError::NotFound);
     }
     if state.passwords.verify(old_password, current).await? == Verified::No {
-        return Err(ApiError::InvalidCredentials);
+        return Err(DomainError::InvalidCredentials);
     }
     let hash = state.passwords.hash(new_password).await?;
     end_all(
@@ -300,10 +304,10 @@ pub async fn disable(
     origin: &Origin,
     session_for_history: Option<Uuid>,
     by_superuser: bool,
-) -> Result<Option<User>, ApiError> {
+) -> Result<Option<User>, DomainError> {
     let mut db = store::conn(&state.db).await?;
     let tx = db.transaction().await?;
-    if !crate::escalation::may_change_user(&tx, user, by_superuser, true).await? {
+    if !crate::domain::escalation::may_change_user(&tx, user, by_superuser, true).await? {
         return Ok(None);
     }
     let Some(now_disabled) = store::users::disable(&tx, user).await? else {
@@ -325,12 +329,12 @@ pub async fn end_one(
     who: &Principal,
     session: Uuid,
     origin: &Origin,
-) -> Result<(), ApiError> {
+) -> Result<(), DomainError> {
     let mut db = store::conn(&state.db).await?;
     let tx = db.transaction().await?;
     let ended = store::sessions::revoke_one(&tx, who.user, session)
         .await?
-        .ok_or(ApiError::NotFound)?;
+        .ok_or(DomainError::NotFound)?;
     history::record(&tx, who.user, Event::SessionRevoked, origin, Some(ended)).await?;
     tx.commit().await?;
     state.revocation.sessions_revoked(&[ended]).await;
@@ -346,7 +350,7 @@ pub struct Listed {
 }
 
 /// The caller's live sessions, newest first.
-pub async fn list(state: &State, who: &Principal) -> Result<Vec<Listed>, ApiError> {
+pub async fn list(state: &State, who: &Principal) -> Result<Vec<Listed>, DomainError> {
     let db = store::conn(&state.db).await?;
     Ok(store::sessions::active(&db, who.user)
         .await?

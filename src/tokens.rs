@@ -19,8 +19,8 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::config::{self, Algorithm};
-use crate::http::error::TokenError;
 use crate::store;
+use crate::store::keys::StoredKey;
 
 /// Longest token usher looks at; anything longer is refused unread.
 pub const MAX_TOKEN_LEN: usize = 4096;
@@ -28,6 +28,22 @@ pub const MAX_TOKEN_LEN: usize = 4096;
 /// How far in the future `iat`/`nbf` may be (replicas' clocks differ), and how long after its
 /// tokens can have expired a rotated-out key still verifies.
 pub const LEEWAY_SECS: i64 = 30;
+
+/// Why a token was refused. Each is answered with its own code (401 on the API, a denial
+/// on the check endpoints); the wording is the edge's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenError {
+    /// Malformed, badly signed, of the wrong type or the wrong issuer.
+    Invalid,
+    /// Past its `exp`.
+    Expired,
+    /// Its session ended.
+    Revoked,
+    /// The user's roles changed since it was issued: refresh.
+    Stale,
+    /// A used refresh token came back after the grace window.
+    RefreshReused,
+}
 
 /// The claims of an access token.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -226,18 +242,6 @@ fn algorithm_name(a: Algorithm) -> &'static str {
         Algorithm::EdDSA => "EdDSA",
         Algorithm::HS256 => "HS256",
     }
-}
-
-/// A key as kept: kid, private part, public part (empty for HS256).
-pub struct StoredKey {
-    /// Key id.
-    pub kid: String,
-    /// PKCS#8 DER (Ed25519) or the secret (HS256).
-    pub private_key: Vec<u8>,
-    /// Raw Ed25519 public key.
-    pub public_key: Vec<u8>,
-    /// When (Unix seconds) it retires; `None`: it signs, or comes from the configuration.
-    pub retires_at: Option<i64>,
 }
 
 async fn load_keys(pool: &Pool, cfg: &config::Tokens) -> anyhow::Result<Keys> {

@@ -3,14 +3,14 @@
 use http::{Method, StatusCode};
 use serde::Deserialize;
 
-use super::error::{ApiError, FieldError};
+use super::error::ApiError;
 use super::request::Req;
 use super::response::{self, Items, Page, Response};
 use super::{authorize, principal};
-use crate::app::State;
+use crate::domain::{registration, users, Credentials, DomainError};
 use crate::metrics::LoginOutcome;
 use crate::sessions;
-use crate::store::{self, users};
+use crate::state::State;
 
 /// Routes under `/api/v1/auth/`.
 pub async fn route(
@@ -37,73 +37,28 @@ pub async fn route(
     }
 }
 
-/// Register and login bodies.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Credentials {
-    email: String,
-    password: String,
-}
-
-/// Trims and checks an e-mail: at most 254 characters, `local@domain`, both non-empty.
-pub fn valid_email(field: &str, email: &str, errors: &mut Vec<FieldError>) -> String {
-    let email = email.trim();
-    let ok = email.chars().count() <= 254
-        && email.split_once('@').is_some_and(|(local, domain)| {
-            !local.is_empty() && !domain.is_empty() && !domain.contains('@')
-        })
-        && !email.chars().any(|c| c.is_whitespace() || c.is_control());
-    if !ok {
-        errors.push(FieldError::new(
-            field,
-            "must be an e-mail address local@domain of at most 254 characters",
-        ));
-    }
-    email.to_owned()
-}
-
-/// Checks a new password: 8 to 128 characters.
-pub fn valid_password(field: &str, password: &str, errors: &mut Vec<FieldError>) {
-    let n = password.chars().count();
-    if !(8..=128).contains(&n) {
-        errors.push(FieldError::new(field, "must be 8 to 128 characters"));
-    }
-}
-
 /// `POST /api/v1/auth/register` — anyone. 201 with the user. Counted against the client's
 /// per-IP limit; the hash waits in the bounded queue (503 `busy` past it).
 async fn register(state: &State, req: Req) -> Result<Response, ApiError> {
-    let body: Credentials = req.json()?;
-    let mut errors = Vec::new();
-    let email = valid_email("email", &body.email, &mut errors);
-    valid_password("password", &body.password, &mut errors);
-    if !errors.is_empty() {
-        return Err(ApiError::Validation(errors));
-    }
-    crate::attempts::per_ip(state, &req.origin()).await?;
-    let hash = state.passwords.hash(body.password).await?;
-    let mut db = store::conn(&state.db).await?;
-    let tx = db.transaction().await?;
-    let user = users::create(&tx, &email, &hash).await?;
-    tx.commit().await?;
+    let user = registration::register(state, req.json()?, &req.origin()).await?;
     response::json(StatusCode::CREATED, &user)
 }
 
 /// `POST /api/v1/auth/login` — anyone. 200 with tokens.
 async fn login(state: &State, req: Req) -> Result<Response, ApiError> {
     let body: Credentials = req.json()?;
-    let issued = if body.email.chars().count() > 254 || body.password.chars().count() > 128 {
-        // Too long to be anyone's: same answer as a wrong password, without hashing 64 KiB.
-        Err(ApiError::InvalidCredentials)
+    let issued = if body.too_long() {
+        // Same answer as a wrong password, without hashing 64 KiB.
+        Err(DomainError::InvalidCredentials)
     } else {
         sessions::login(state, body.email.trim(), body.password, &req.origin()).await
     };
     let outcome = match &issued {
         Ok(_) => Some(LoginOutcome::Success),
-        Err(ApiError::InvalidCredentials | ApiError::AccountDisabled) => {
+        Err(DomainError::InvalidCredentials | DomainError::AccountDisabled) => {
             Some(LoginOutcome::Failure)
         }
-        Err(ApiError::TooManyAttempts(_)) => Some(LoginOutcome::Lockout),
+        Err(DomainError::TooManyAttempts(_)) => Some(LoginOutcome::Lockout),
         Err(_) => None,
     };
     if let Some(outcome) = outcome {
@@ -167,8 +122,7 @@ pub async fn history_page(
     req: &Req,
 ) -> Result<Response, ApiError> {
     let (page, per_page) = req.pagination()?;
-    let db = store::conn(&state.db).await?;
-    let (items, total) = store::history::page(&db, user, per_page, (page - 1) * per_page).await?;
+    let (items, total) = users::history(state, user, page, per_page).await?;
     response::json(
         StatusCode::OK,
         &Page {

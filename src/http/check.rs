@@ -26,11 +26,11 @@ use http::{HeaderMap, Request, StatusCode};
 use super::error::ApiError;
 use super::request::bearer;
 use super::response::{full, Response};
-use crate::app::State;
 use crate::guard::{Principal, Refused};
 use crate::metrics::Outcome;
 use crate::permissions::{Snapshot, NON_REGISTERED};
 use crate::routes::{PathError, Requirement, RouteMap};
+use crate::state::State;
 
 /// The prefix Envoy's `http_service.path_prefix` puts before the original path.
 pub const ENVOY_PREFIX: &str = "/ext_authz";

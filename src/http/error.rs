@@ -5,25 +5,9 @@ use http::StatusCode;
 use serde::Serialize;
 
 use super::response::{full, Response};
-
-/// One field that failed validation.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct FieldError {
-    /// The field's name in the request body.
-    pub field: String,
-    /// What is wrong with it.
-    pub message: String,
-}
-
-impl FieldError {
-    /// A field error.
-    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        FieldError {
-            field: field.into(),
-            message: message.into(),
-        }
-    }
-}
+pub use crate::domain::FieldError;
+use crate::domain::{Conflict, DomainError};
+pub use crate::tokens::TokenError;
 
 /// Every error an endpoint can answer with.
 #[derive(Debug, thiserror::Error)]
@@ -88,42 +72,25 @@ pub enum ApiError {
     Internal(#[from] anyhow::Error),
 }
 
-/// Why a bearer token was refused; each is a 401 with its own `code`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TokenError {
-    /// Malformed, badly signed, of the wrong type or the wrong issuer.
-    Invalid,
-    /// Past its `exp`.
-    Expired,
-    /// Its session ended.
-    Revoked,
-    /// The user's roles changed since it was issued: refresh.
-    Stale,
-    /// A used refresh token came back after the grace window.
-    RefreshReused,
+/// The stable machine-readable code of a refused token.
+pub fn token_code(t: TokenError) -> &'static str {
+    match t {
+        TokenError::Invalid => "invalid_token",
+        TokenError::Expired => "token_expired",
+        TokenError::Revoked => "token_revoked",
+        TokenError::Stale => "token_stale",
+        TokenError::RefreshReused => "refresh_token_reused",
+    }
 }
 
-impl TokenError {
-    /// The stable machine-readable code.
-    pub fn code(self) -> &'static str {
-        match self {
-            TokenError::Invalid => "invalid_token",
-            TokenError::Expired => "token_expired",
-            TokenError::Revoked => "token_revoked",
-            TokenError::Stale => "token_stale",
-            TokenError::RefreshReused => "refresh_token_reused",
-        }
-    }
-
-    fn detail(self) -> &'static str {
-        match self {
-            TokenError::Invalid => "The token is malformed, badly signed or not an access token.",
-            TokenError::Expired => "The token has expired.",
-            TokenError::Revoked => "The token's session has ended.",
-            TokenError::Stale => "The user's roles changed; refresh the token.",
-            TokenError::RefreshReused => {
-                "The refresh token was already used; the session has been ended."
-            }
+fn token_detail(t: TokenError) -> &'static str {
+    match t {
+        TokenError::Invalid => "The token is malformed, badly signed or not an access token.",
+        TokenError::Expired => "The token has expired.",
+        TokenError::Revoked => "The token's session has ended.",
+        TokenError::Stale => "The user's roles changed; refresh the token.",
+        TokenError::RefreshReused => {
+            "The refresh token was already used; the session has been ended."
         }
     }
 }
@@ -176,7 +143,7 @@ impl ApiError {
             ApiError::MalformedJson(_) => "malformed_json",
             ApiError::BadRequest(_) => "bad_request",
             ApiError::Unauthorized => "unauthorized",
-            ApiError::Token(t) => t.code(),
+            ApiError::Token(t) => token_code(*t),
             ApiError::InvalidCredentials => "invalid_credentials",
             ApiError::AccountDisabled => "account_disabled",
             ApiError::Forbidden | ApiError::Escalation(_) => "forbidden",
@@ -199,7 +166,7 @@ impl ApiError {
             ApiError::MalformedJson(why) => format!("The body is not valid JSON: {why}"),
             ApiError::BadRequest(why) => why.clone(),
             ApiError::Unauthorized => "A bearer access token is required.".into(),
-            ApiError::Token(t) => t.detail().into(),
+            ApiError::Token(t) => token_detail(*t).into(),
             ApiError::InvalidCredentials => "E-mail or password is wrong.".into(),
             ApiError::AccountDisabled => "This account is disabled.".into(),
             ApiError::Forbidden => "You do not have the permission this needs.".into(),
@@ -279,28 +246,37 @@ impl ApiError {
     }
 }
 
-impl From<tokio_postgres::Error> for ApiError {
-    fn from(e: tokio_postgres::Error) -> Self {
-        crate::store::StoreError::from(e).into()
-    }
-}
-
-impl From<crate::passwords::HashError> for ApiError {
-    fn from(e: crate::passwords::HashError) -> Self {
+/// The one place the domain's refusals become problem details.
+impl From<DomainError> for ApiError {
+    fn from(e: DomainError) -> Self {
         match e {
-            crate::passwords::HashError::Busy(secs) => ApiError::Busy(secs),
-            crate::passwords::HashError::Failed(e) => ApiError::Internal(e),
+            DomainError::Invalid(errors) => ApiError::Validation(errors),
+            DomainError::UnknownPermission(name) => ApiError::UnknownPermission(name),
+            DomainError::NotFound => ApiError::NotFound,
+            DomainError::Escalation(why) => ApiError::Escalation(why.to_string()),
+            DomainError::Conflict(conflict) => {
+                ApiError::Conflict(conflict_code(conflict), conflict.to_string())
+            }
+            DomainError::InvalidCredentials => ApiError::InvalidCredentials,
+            DomainError::AccountDisabled => ApiError::AccountDisabled,
+            DomainError::Token(t) => ApiError::Token(t),
+            DomainError::TooManyAttempts(secs) => ApiError::TooManyAttempts(secs),
+            DomainError::Busy(secs) => ApiError::Busy(secs),
+            DomainError::Unavailable(why) => ApiError::Unavailable(why),
+            DomainError::Internal(e) => ApiError::Internal(e),
         }
     }
 }
 
-impl From<crate::store::StoreError> for ApiError {
-    fn from(e: crate::store::StoreError) -> Self {
-        match e {
-            crate::store::StoreError::Unavailable(why) => ApiError::Unavailable(why),
-            crate::store::StoreError::Conflict(code, why) => ApiError::Conflict(code, why),
-            crate::store::StoreError::Other(e) => ApiError::Internal(e),
+/// The stable machine-readable code of a conflict.
+fn conflict_code(conflict: Conflict) -> &'static str {
+    match conflict {
+        Conflict::EmailTaken => "email_taken",
+        Conflict::RoleExists => "role_exists",
+        Conflict::BuiltinRenamed | Conflict::BuiltinDeleted | Conflict::SuperuserGrants => {
+            "role_builtin"
         }
+        Conflict::LastSuperuser => "last_superuser",
     }
 }
 
@@ -308,6 +284,103 @@ impl From<crate::store::StoreError> for ApiError {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    async fn problem(e: impl Into<DomainError>) -> (u16, serde_json::Value) {
+        use http_body_util::BodyExt;
+        let r = ApiError::from(e.into()).into_response();
+        let status = r.status().as_u16();
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice(&body).unwrap())
+    }
+
+    #[tokio::test]
+    async fn domain_refusals_keep_their_status_code_and_wording() {
+        use crate::domain::Escalation;
+        let cases: Vec<(DomainError, u16, &str, &str)> = vec![
+            (
+                Conflict::EmailTaken.into(),
+                409,
+                "email_taken",
+                "This e-mail is already registered.",
+            ),
+            (
+                Conflict::RoleExists.into(),
+                409,
+                "role_exists",
+                "A role with this name exists.",
+            ),
+            (
+                Conflict::BuiltinRenamed.into(),
+                409,
+                "role_builtin",
+                "Built-in roles cannot be renamed.",
+            ),
+            (
+                Conflict::BuiltinDeleted.into(),
+                409,
+                "role_builtin",
+                "Built-in roles cannot be deleted.",
+            ),
+            (
+                Conflict::SuperuserGrants.into(),
+                409,
+                "role_builtin",
+                "superuser holds every permission; its grants cannot be changed.",
+            ),
+            (
+                Conflict::LastSuperuser.into(),
+                409,
+                "last_superuser",
+                "This is the last active superuser: it cannot be disabled or lose the role.",
+            ),
+            (
+                Escalation::NotHeld("films_read".into()).into(),
+                403,
+                "forbidden",
+                "You cannot grant `films_read`: you do not hold it.",
+            ),
+            (
+                Escalation::SuperuserRole.into(),
+                403,
+                "forbidden",
+                "Only a superuser can assign or remove `superuser`.",
+            ),
+            (
+                Escalation::Superuser.into(),
+                403,
+                "forbidden",
+                "Only a superuser can change or disable a superuser.",
+            ),
+            (
+                DomainError::UnknownPermission("films_fly".into()),
+                422,
+                "unknown_permission",
+                "There is no permission `films_fly`.",
+            ),
+            (DomainError::NotFound, 404, "not_found", "No such resource."),
+            (
+                TokenError::RefreshReused.into(),
+                401,
+                "refresh_token_reused",
+                "The refresh token was already used; the session has been ended.",
+            ),
+            (
+                DomainError::Unavailable("connection refused".into()),
+                503,
+                "unavailable",
+                "A backing service is unavailable; try again.",
+            ),
+        ];
+        for (error, status, code, detail) in cases {
+            let (got, body) = problem(error).await;
+            assert_eq!((got, body["code"].as_str()), (status, Some(code)), "{body}");
+            assert_eq!(body["detail"], detail);
+        }
+        let (status, body) =
+            problem(DomainError::Invalid(vec![FieldError::new("email", "bad")])).await;
+        assert_eq!(status, 422);
+        assert_eq!(body["errors"][0]["field"], "email");
+    }
 
     #[test]
     fn internal_errors_say_nothing_of_their_cause() {

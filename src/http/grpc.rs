@@ -56,8 +56,8 @@ use prost::Message;
 use super::check::{self, Allow, Target, Unreadable};
 use super::error::ApiError;
 use super::request::bearer_of;
-use crate::app::State;
 use crate::permissions::NON_REGISTERED;
+use crate::state::State;
 
 /// The one method served.
 pub const CHECK_PATH: &str = "/envoy.service.auth.v3.Authorization/Check";

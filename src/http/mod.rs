@@ -27,8 +27,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
-use crate::app::State;
 use crate::guard::{Principal, Refused};
+use crate::state::State;
 use error::ApiError;
 use request::Req;
 use response::Response;

@@ -4,7 +4,7 @@ use http::StatusCode;
 
 use super::error::ApiError;
 use super::response::{full, with_type, Response};
-use crate::app::State;
+use crate::state::State;
 
 /// `GET /.well-known/jwks.json` — anyone.
 pub fn jwks(state: &State) -> Result<Response, ApiError> {

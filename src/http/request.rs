@@ -10,7 +10,7 @@ use http_body_util::{BodyExt, Limited};
 use serde::de::DeserializeOwned;
 
 use super::error::{ApiError, FieldError};
-use crate::store::history::Origin;
+use crate::domain::Origin;
 
 /// Largest body accepted.
 pub const MAX_BODY: usize = 64 * 1024;

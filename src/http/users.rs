@@ -6,27 +6,22 @@
 //! `me`; the literal `/users/me` routes come first. A malformed id is 404, and a caller who may
 //! not see other users gets 403 for any id but their own, so existence never leaks.
 //!
-//! Changes of roles, e-mail and standing follow the *No escalation* rules (`escalation`):
-//! nobody assigns a role holding permissions they lack, and only a superuser touches
-//! `superuser` or a superuser.
+//! The rules (*No escalation*, the last superuser) live in `domain::users`: each handler checks
+//! the caller's permission, reads the request, calls one domain function and renders.
 
 use std::sync::Arc;
 
 use http::{Method, StatusCode};
-use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::auth::{history_page, valid_email, valid_password};
+use super::auth::history_page;
 use super::error::ApiError;
 use super::request::Req;
 use super::response::{self, Items, Page, Response};
 use super::{authorize, principal};
-use crate::app::State;
-use crate::escalation;
+use crate::domain::users;
 use crate::guard::Principal;
-use crate::permissions::{self, SUPERUSER};
-use crate::sessions;
-use crate::store::{self, users::User};
+use crate::state::State;
 
 /// Routes under `/api/v1/users`.
 pub async fn route(
@@ -80,23 +75,10 @@ async fn target(
     }
 }
 
-/// A user with their effective permissions.
-#[derive(Serialize)]
-struct Me {
-    #[serde(flatten)]
-    user: User,
-    permissions: Vec<String>,
-}
-
 /// `GET /api/v1/users/me` — `user_self_read`. The caller with effective permissions.
 async fn me(state: &State, req: Req) -> Result<Response, ApiError> {
     let who = authorize(state, &req, &["user_self_read"]).await?;
-    let db = store::conn(&state.db).await?;
-    let user = store::users::by_id(&db, who.user)
-        .await?
-        .ok_or(ApiError::NotFound)?;
-    let permissions = state.permissions.snapshot().effective(&user.roles);
-    response::json(StatusCode::OK, &Me { user, permissions })
+    response::json(StatusCode::OK, &users::me(state, &who).await?)
 }
 
 /// `GET /api/v1/users` — `user_all_read`. A page of users whose e-mail contains `email`
@@ -105,9 +87,7 @@ async fn list(state: &State, req: Req) -> Result<Response, ApiError> {
     authorize(state, &req, &["user_all_read"]).await?;
     let (page, per_page) = req.pagination()?;
     let email = req.query("email").filter(|e| !e.is_empty());
-    let db = store::conn(&state.db).await?;
-    let (items, total) =
-        store::users::page(&db, email.as_deref(), per_page, (page - 1) * per_page).await?;
+    let (items, total) = users::page(state, email.as_deref(), page, per_page).await?;
     response::json(
         StatusCode::OK,
         &Page {
@@ -122,17 +102,7 @@ async fn list(state: &State, req: Req) -> Result<Response, ApiError> {
 /// `GET /api/v1/users/{id}` — self: `user_self_read`; others: `user_all_read`.
 async fn show(state: &State, id: &str, req: Req) -> Result<Response, ApiError> {
     let (_, user) = target(state, &req, id, "user_self_read", "user_all_read").await?;
-    let db = store::conn(&state.db).await?;
-    let user = store::users::by_id(&db, user)
-        .await?
-        .ok_or(ApiError::NotFound)?;
-    response::json(StatusCode::OK, &user)
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct EmailChange {
-    email: String,
+    response::json(StatusCode::OK, &users::show(state, user).await?)
 }
 
 /// `PATCH /api/v1/users/{id}` (and `/users/me`) — self: `user_self_update`; others:
@@ -140,56 +110,15 @@ struct EmailChange {
 /// e-mail unless the caller is one.
 async fn update(state: &State, id: &str, req: Req) -> Result<Response, ApiError> {
     let (who, user) = target(state, &req, id, "user_self_update", "user_all_update").await?;
-    let body: EmailChange = req.json()?;
-    let mut errors = Vec::new();
-    let email = valid_email("email", &body.email, &mut errors);
-    if !errors.is_empty() {
-        return Err(ApiError::Validation(errors));
-    }
-    let mut db = store::conn(&state.db).await?;
-    let tx = db.transaction().await?;
-    let by_superuser = escalation::is_superuser(&who.roles);
-    if !escalation::may_change_user(&tx, user, by_superuser, false).await?
-        || !store::users::set_email(&tx, user, &email).await?
-    {
-        return Err(ApiError::NotFound);
-    }
-    let user = store::users::by_id(&tx, user)
-        .await?
-        .ok_or(ApiError::NotFound)?;
-    tx.commit().await?;
+    let user = users::change_email(state, &who, user, req.json()?).await?;
     response::json(StatusCode::OK, &user)
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PasswordChange {
-    old_password: String,
-    new_password: String,
 }
 
 /// `POST /api/v1/users/me/password` — `user_self_update`. `{old_password, new_password}` →
 /// 204; every other session of the caller ends. Wrong old password → 401.
 async fn change_password(state: &State, req: Req) -> Result<Response, ApiError> {
     let who = authorize(state, &req, &["user_self_update"]).await?;
-    let body: PasswordChange = req.json()?;
-    let mut errors = Vec::new();
-    valid_password("new_password", &body.new_password, &mut errors);
-    if !errors.is_empty() {
-        return Err(ApiError::Validation(errors));
-    }
-    if body.old_password.chars().count() > 128 {
-        // Too long to be anyone's: no need to hash 64 KiB to say so.
-        return Err(ApiError::InvalidCredentials);
-    }
-    sessions::change_password(
-        state,
-        &who,
-        body.old_password,
-        body.new_password,
-        &req.origin(),
-    )
-    .await?;
+    users::change_password(state, &who, req.json()?, &req.origin()).await?;
     Ok(response::no_content())
 }
 
@@ -198,22 +127,13 @@ async fn change_password(state: &State, req: Req) -> Result<Response, ApiError> 
 /// disables a superuser (403), and never the last active one (409 `last_superuser`).
 async fn disable(state: &State, id: &str, req: Req) -> Result<Response, ApiError> {
     let (who, user) = target(state, &req, id, "user_self_delete", "user_all_delete").await?;
-    let own = (user == who.user).then_some(who.session);
-    let by_superuser = escalation::is_superuser(&who.roles);
-    let user = sessions::disable(state, user, &req.origin(), own, by_superuser)
-        .await?
-        .ok_or(ApiError::NotFound)?;
+    let user = users::disable(state, &who, user, &req.origin()).await?;
     response::json(StatusCode::OK, &user)
 }
 
 /// `GET /api/v1/users/{id}/history` — self: `user_self_read`; others: `user_all_read`.
 async fn history(state: &State, id: &str, req: Req) -> Result<Response, ApiError> {
     let (_, user) = target(state, &req, id, "user_self_read", "user_all_read").await?;
-    let db = store::conn(&state.db).await?;
-    if store::users::roles_version(&db, user).await?.is_none() {
-        return Err(ApiError::NotFound);
-    }
-    drop(db);
     history_page(state, user, &req).await
 }
 
@@ -221,11 +141,7 @@ async fn history(state: &State, id: &str, req: Req) -> Result<Response, ApiError
 /// `{items: [role, ...]}` ordered by name.
 async fn roles(state: &State, id: &str, req: Req) -> Result<Response, ApiError> {
     let (_, user) = target(state, &req, id, "user_self_read", "user_all_read").await?;
-    let db = store::conn(&state.db).await?;
-    if store::users::roles_version(&db, user).await?.is_none() {
-        return Err(ApiError::NotFound);
-    }
-    let items = store::roles::of_user(&db, user).await?;
+    let items = users::roles(state, user).await?;
     response::json(StatusCode::OK, &Items { items })
 }
 
@@ -253,7 +169,8 @@ async fn assignment(
 /// and for a user who is a superuser unless the caller is one.
 async fn assign_role(state: &State, id: &str, role: &str, req: Req) -> Result<Response, ApiError> {
     let (who, user, role) = assignment(state, id, role, &req).await?;
-    change_role(state, &who, user, role, true).await
+    users::change_role(state, &who, user, role, true).await?;
+    Ok(response::no_content())
 }
 
 /// `DELETE /api/v1/users/{id}/roles/{role_id}` — `user_all_set_role`. → 204 (idempotent);
@@ -261,57 +178,6 @@ async fn assign_role(state: &State, id: &str, role: &str, req: Req) -> Result<Re
 /// the caller is one; 409 `last_superuser` for the last active superuser's `superuser`.
 async fn remove_role(state: &State, id: &str, role: &str, req: Req) -> Result<Response, ApiError> {
     let (who, user, role) = assignment(state, id, role, &req).await?;
-    change_role(state, &who, user, role, false).await
-}
-
-/// Adds or removes one role of one user; a real change bumps the user's roles version in the
-/// same transaction, and every replica learns it at once (their tokens go stale).
-async fn change_role(
-    state: &State,
-    who: &Principal,
-    user: Uuid,
-    role: Uuid,
-    add: bool,
-) -> Result<Response, ApiError> {
-    let by_superuser = escalation::is_superuser(&who.roles);
-    let mut db = store::conn(&state.db).await?;
-    let tx = db.transaction().await?;
-    // Locks in one order everywhere: the `superuser` role (when a superuser may be ended),
-    // the role, then the user; role changes take role then holders. So nothing waits in a
-    // circle.
-    if !add {
-        store::roles::lock_superusers(&tx).await?;
-    }
-    if !store::roles::hold(&tx, role).await? {
-        return Err(ApiError::NotFound);
-    }
-    let role_row = store::roles::by_id(&tx, role)
-        .await?
-        .ok_or(ApiError::NotFound)?;
-    let is_superuser_role = role_row.builtin && role_row.name == SUPERUSER;
-    if is_superuser_role && !by_superuser {
-        return Err(ApiError::Escalation(
-            "Only a superuser can assign or remove `superuser`.".into(),
-        ));
-    }
-    if add {
-        escalation::may_grant(
-            &state.permissions.snapshot(),
-            &who.roles,
-            &role_row.permissions,
-        )?;
-    }
-    if !escalation::may_change_user(&tx, user, by_superuser, !add && is_superuser_role).await? {
-        return Err(ApiError::NotFound);
-    }
-    let version = if add {
-        store::users::add_role(&tx, user, role).await?
-    } else {
-        store::users::remove_role(&tx, user, role).await?
-    };
-    tx.commit().await?;
-    if let Some(rv) = version {
-        permissions::propagate(state, false, &[(user, rv)]).await;
-    }
+    users::change_role(state, &who, user, role, false).await?;
     Ok(response::no_content())
 }

@@ -3,7 +3,18 @@
 use deadpool_postgres::Pool;
 
 use super::{conn, Result};
-use crate::tokens::StoredKey;
+
+/// A key as kept: kid, private part, public part (empty for HS256).
+pub struct StoredKey {
+    /// Key id.
+    pub kid: String,
+    /// PKCS#8 DER (Ed25519) or the secret (HS256).
+    pub private_key: Vec<u8>,
+    /// Raw Ed25519 public key.
+    pub public_key: Vec<u8>,
+    /// When (Unix seconds) it retires; `None`: it signs, or comes from the configuration.
+    pub retires_at: Option<i64>,
+}
 
 /// The keys of one algorithm that have not retired yet, newest first, each with the time
 /// (Unix seconds) it retires at. A key retires `retire_after_secs` after the next newer key

@@ -5,8 +5,6 @@ use anyhow::Context;
 use deadpool_postgres::Pool;
 use uuid::Uuid;
 
-use crate::permissions::{BUILTIN_PERMISSIONS, BUILTIN_ROLES, USER_ROLE_GRANTS};
-
 /// `(version, sql)`, in order.
 const MIGRATIONS: &[(&str, &str)] = &[
     ("0001_init", include_str!("../../sql/0001_init.sql")),
@@ -72,9 +70,24 @@ pub async fn migrate(pool: &Pool) -> anyhow::Result<Vec<&'static str>> {
     Ok(applied)
 }
 
+/// What usher itself brings to the catalog (`permissions` owns the lists).
+pub struct Builtins<'a> {
+    /// `(name, description)` of the built-in permissions.
+    pub permissions: &'a [(&'a str, &'a str)],
+    /// `(name, description)` of the built-in roles.
+    pub roles: &'a [(&'a str, &'a str)],
+    /// The role every registered user holds, and what it is granted when first created.
+    pub registered: (&'a str, &'a [&'a str]),
+}
+
 /// Creates the built-in permissions and roles that are missing, and adds the service
-/// permissions of the route map. Grants of an existing `user` role are left as operators set them.
-pub async fn seed(pool: &Pool, service_permissions: &[(String, String)]) -> anyhow::Result<()> {
+/// permissions of the route map. Grants of an existing registered-users role are left as
+/// operators set them.
+pub async fn seed(
+    pool: &Pool,
+    builtins: &Builtins<'_>,
+    service_permissions: &[(String, String)],
+) -> anyhow::Result<()> {
     let mut client = pool.get().await.context("connecting to PostgreSQL")?;
     let tx = client.transaction().await?;
     tx.execute("select pg_advisory_xact_lock($1)", &[&LOCK_KEY])
@@ -86,14 +99,15 @@ pub async fn seed(pool: &Pool, service_permissions: &[(String, String)]) -> anyh
                                               builtin = excluded.builtin",
         )
         .await?;
-    for (name, description) in BUILTIN_PERMISSIONS {
+    for (name, description) in builtins.permissions {
         tx.execute(&upsert, &[name, description, &true]).await?;
     }
     for (name, description) in service_permissions {
         tx.execute(&upsert, &[name, description, &false]).await?;
     }
     let mut changed = false;
-    for (name, description) in BUILTIN_ROLES {
+    let (registered, registered_grants) = builtins.registered;
+    for (name, description) in builtins.roles {
         let created = tx
             .query_opt(
                 "insert into roles (id, name, description, builtin) values ($1, $2, $3, true)
@@ -102,9 +116,9 @@ pub async fn seed(pool: &Pool, service_permissions: &[(String, String)]) -> anyh
                 &[&Uuid::new_v4(), name, description],
             )
             .await?;
-        if let (Some(row), "user") = (created, *name) {
+        if let (Some(row), true) = (created, *name == registered) {
             let id: Uuid = row.get(0);
-            for permission in USER_ROLE_GRANTS {
+            for permission in registered_grants {
                 tx.execute(
                     "insert into role_permissions (role_id, permission) values ($1, $2)
                      on conflict do nothing",

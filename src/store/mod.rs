@@ -1,5 +1,6 @@
 //! PostgreSQL: the pool, migrations, and one file per table family. SQL lives here and
-//! nowhere else; errors are mapped once, here, to what the API needs to tell apart.
+//! nowhere else; errors are mapped once, here, to what callers need to tell apart (an outage,
+//! which unique constraint was hit). What a conflict means to a client is the domain's.
 
 pub mod attempts;
 pub mod history;
@@ -29,12 +30,32 @@ pub enum StoreError {
     /// PostgreSQL cannot be reached or the pool timed out: the API answers 503.
     #[error("database unavailable: {0}")]
     Unavailable(String),
-    /// A unique constraint was hit: the API answers 409 with this code.
-    #[error("conflict {0}: {1}")]
-    Conflict(&'static str, String),
+    /// A unique constraint was hit.
+    #[error("unique constraint {0:?} violated")]
+    Conflict(Unique),
     /// Anything else: a 500, logged.
     #[error(transparent)]
     Other(anyhow::Error),
+}
+
+/// The unique constraints callers tell apart, by the name the schema gives them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unique {
+    /// `users_email_key`: one account per canonical e-mail.
+    UserEmail,
+    /// `roles_name_key`: one role per name.
+    RoleName,
+}
+
+impl Unique {
+    /// The constraint of this name, if callers care about it.
+    fn named(constraint: &str) -> Option<Unique> {
+        match constraint {
+            "users_email_key" => Some(Unique::UserEmail),
+            "roles_name_key" => Some(Unique::RoleName),
+            _ => None,
+        }
+    }
 }
 
 /// Result of store functions.
@@ -45,15 +66,9 @@ impl From<tokio_postgres::Error> for StoreError {
         if let Some(db) = e.as_db_error() {
             if *db.code() == SqlState::UNIQUE_VIOLATION {
                 // Mapped by constraint name, in this one place.
-                return match db.constraint() {
-                    Some("users_email_key") => StoreError::Conflict(
-                        "email_taken",
-                        "This e-mail is already registered.".into(),
-                    ),
-                    Some("roles_name_key") => {
-                        StoreError::Conflict("role_exists", "A role with this name exists.".into())
-                    }
-                    _ => StoreError::Other(e.into()),
+                return match db.constraint().and_then(Unique::named) {
+                    Some(unique) => StoreError::Conflict(unique),
+                    None => StoreError::Other(e.into()),
                 };
             }
             if *db.code() == SqlState::READ_ONLY_SQL_TRANSACTION {

@@ -1,5 +1,5 @@
-//! Roles, grants and the permission catalog: the snapshot every decision reads, and the
-//! roles API's reads and writes.
+//! Roles, grants and the permission catalog: the rows every decision's snapshot is built
+//! from, and the roles API's reads and writes.
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{GenericClient, Pool};
@@ -8,7 +8,6 @@ use tokio_postgres::Row;
 use uuid::Uuid;
 
 use super::{conn, Result};
-use crate::permissions::Snapshot;
 
 /// The version of roles and grants.
 pub async fn catalog_version(pool: &Pool) -> Result<i64> {
@@ -19,8 +18,19 @@ pub async fn catalog_version(pool: &Pool) -> Result<i64> {
     Ok(db.query_one(&stmt, &[]).await?.get(0))
 }
 
+/// Roles and grants as read at one moment.
+#[derive(Debug, Default)]
+pub struct Grants {
+    /// `catalog_version` they were read at.
+    pub version: i64,
+    /// `(role, permission)`; a role without grants appears once, with `None`.
+    pub grants: Vec<(String, Option<String>)>,
+    /// Every permission of the catalog, by name, sorted.
+    pub catalog: Vec<String>,
+}
+
 /// Every role with its grants, and the catalog, read in one snapshot.
-pub async fn snapshot(pool: &Pool) -> Result<Snapshot> {
+pub async fn grants(pool: &Pool) -> Result<Grants> {
     let mut db = conn(pool).await?;
     let tx = db
         .build_transaction()
@@ -49,7 +59,11 @@ pub async fn snapshot(pool: &Pool) -> Result<Snapshot> {
         .map(|r| r.get(0))
         .collect();
     tx.commit().await?;
-    Ok(Snapshot::from_rows(version, grants, catalog))
+    Ok(Grants {
+        version,
+        grants,
+        catalog,
+    })
 }
 
 /// A role as the API shows it.

@@ -8,6 +8,7 @@ mod check;
 mod cli;
 mod connections;
 mod deploy;
+mod domain;
 mod escalation;
 mod failover;
 mod faults;
