@@ -9,51 +9,18 @@
 //! No escalation: a role is created only with permissions its creator holds, and a change of
 //! grants may add only permissions the caller holds (taking away is always allowed).
 
-use http::{Method, StatusCode};
+use http::StatusCode;
 use serde::Deserialize;
 use uuid::Uuid;
 
-use super::authorize;
 use super::error::{ApiError, FieldError};
 use super::request::Req;
 use super::response::{self, Items, Response};
 use crate::app::State;
 use crate::escalation;
+use crate::guard::Principal;
 use crate::permissions::{self, SUPERUSER};
 use crate::store;
-
-/// Routes under `/api/v1/roles`.
-pub async fn route(
-    state: &State,
-    method: &Method,
-    rest: &[&str],
-    req: Req,
-) -> Result<Response, ApiError> {
-    match (method, rest) {
-        (&Method::GET, []) => list(state, req).await,
-        (&Method::POST, []) => create(state, req).await,
-        (_, []) => Err(ApiError::MethodNotAllowed("GET, POST")),
-        (&Method::GET, [id]) => show(state, id, req).await,
-        (&Method::PATCH, [id]) => update(state, id, req).await,
-        (&Method::DELETE, [id]) => delete(state, id, req).await,
-        (_, [_]) => Err(ApiError::MethodNotAllowed("GET, PATCH, DELETE")),
-        _ => Err(ApiError::NotFound),
-    }
-}
-
-/// Routes under `/api/v1/permissions`.
-pub async fn route_permissions(
-    state: &State,
-    method: &Method,
-    rest: &[&str],
-    req: Req,
-) -> Result<Response, ApiError> {
-    match (method, rest) {
-        (&Method::GET, []) => catalog(state, req).await,
-        (_, []) => Err(ApiError::MethodNotAllowed("GET")),
-        _ => Err(ApiError::NotFound),
-    }
-}
 
 /// Longest description accepted.
 const MAX_DESCRIPTION: usize = 1024;
@@ -104,16 +71,14 @@ fn role_id(id: &str) -> Result<Uuid, ApiError> {
 }
 
 /// `GET /api/v1/roles` — `role_read`. Every role, ordered by name.
-async fn list(state: &State, req: Req) -> Result<Response, ApiError> {
-    authorize(state, &req, &["role_read"]).await?;
+pub async fn list(state: &State) -> Result<Response, ApiError> {
     let db = store::conn(&state.db).await?;
     let items = store::roles::list(&db).await?;
     response::json(StatusCode::OK, &Items { items })
 }
 
 /// `GET /api/v1/roles/{id}` — `role_read`. 404 for an unknown or malformed id.
-async fn show(state: &State, id: &str, req: Req) -> Result<Response, ApiError> {
-    authorize(state, &req, &["role_read"]).await?;
+pub async fn show(state: &State, id: &str) -> Result<Response, ApiError> {
     let id = role_id(id)?;
     let db = store::conn(&state.db).await?;
     let role = store::roles::by_id(&db, id)
@@ -135,8 +100,7 @@ struct NewRole {
 /// (`permissions` is required, even when empty, so a forgotten field never makes an empty role).
 /// 403 for a permission the caller does not hold, 409 `role_exists`, 422 `validation_failed` /
 /// `unknown_permission`.
-async fn create(state: &State, req: Req) -> Result<Response, ApiError> {
-    let who = authorize(state, &req, &["role_create"]).await?;
+pub async fn create(state: &State, who: &Principal, req: Req) -> Result<Response, ApiError> {
     let body: NewRole = req.json()?;
     let mut errors = Vec::new();
     valid_name(&body.name, &mut errors);
@@ -172,8 +136,12 @@ struct RolePatch {
 /// (`permissions` replaces the set) → 200 role. 409 `role_builtin` when renaming a built-in
 /// role or changing `superuser`'s grants (it holds everything, always), 409 `role_exists`,
 /// 403 when adding a permission the caller does not hold.
-async fn update(state: &State, id: &str, req: Req) -> Result<Response, ApiError> {
-    let who = authorize(state, &req, &["role_update"]).await?;
+pub async fn update(
+    state: &State,
+    who: &Principal,
+    id: &str,
+    req: Req,
+) -> Result<Response, ApiError> {
     let id = role_id(id)?;
     let body: RolePatch = req.json()?;
     let mut errors = Vec::new();
@@ -240,8 +208,7 @@ async fn update(state: &State, id: &str, req: Req) -> Result<Response, ApiError>
 
 /// `DELETE /api/v1/roles/{id}` — `role_delete`. → 204; the role is taken from every user
 /// (their tokens go stale). 409 `role_builtin` for a built-in role.
-async fn delete(state: &State, id: &str, req: Req) -> Result<Response, ApiError> {
-    authorize(state, &req, &["role_delete"]).await?;
+pub async fn delete(state: &State, id: &str) -> Result<Response, ApiError> {
     let id = role_id(id)?;
     let mut db = store::conn(&state.db).await?;
     let tx = db.transaction().await?;
@@ -263,8 +230,7 @@ async fn delete(state: &State, id: &str, req: Req) -> Result<Response, ApiError>
 }
 
 /// `GET /api/v1/permissions` — `permission_read`. The catalog, ordered by name.
-async fn catalog(state: &State, req: Req) -> Result<Response, ApiError> {
-    authorize(state, &req, &["permission_read"]).await?;
+pub async fn catalog(state: &State) -> Result<Response, ApiError> {
     let db = store::conn(&state.db).await?;
     let items = store::roles::catalog(&db).await?;
     response::json(StatusCode::OK, &Items { items })

@@ -5,7 +5,7 @@ use anyhow::Context;
 use deadpool_postgres::Pool;
 use uuid::Uuid;
 
-use crate::permissions::{BUILTIN_PERMISSIONS, BUILTIN_ROLES, USER_ROLE_GRANTS};
+use crate::permissions::{Permission, BUILTIN_ROLES, USER_ROLE_GRANTS};
 
 /// `(version, sql)`, in order.
 const MIGRATIONS: &[(&str, &str)] = &[
@@ -86,8 +86,12 @@ pub async fn seed(pool: &Pool, service_permissions: &[(String, String)]) -> anyh
                                               builtin = excluded.builtin",
         )
         .await?;
-    for (name, description) in BUILTIN_PERMISSIONS {
-        tx.execute(&upsert, &[name, description, &true]).await?;
+    for permission in Permission::ALL {
+        tx.execute(
+            &upsert,
+            &[&permission.name(), &permission.description(), &true],
+        )
+        .await?;
     }
     for (name, description) in service_permissions {
         tx.execute(&upsert, &[name, description, &false]).await?;
@@ -108,7 +112,7 @@ pub async fn seed(pool: &Pool, service_permissions: &[(String, String)]) -> anyh
                 tx.execute(
                     "insert into role_permissions (role_id, permission) values ($1, $2)
                      on conflict do nothing",
-                    &[&id, permission],
+                    &[&id, &permission.name()],
                 )
                 .await?;
             }
