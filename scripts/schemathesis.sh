@@ -4,7 +4,8 @@
 # against /openapi.json with the superuser's token: no answer may be a 5xx, and every status,
 # content type, header and body must be the documented one. A bounded number of examples per
 # operation keeps it to a minute or two. Exits non-zero on any finding; usher is stopped and the
-# database dropped either way. Extra arguments go to `schemathesis run` (e.g. `-n 200`).
+# database dropped either way. Extra arguments go to `schemathesis run`; SCHEMATHESIS_EXAMPLES
+# (examples per operation, default 40) and SCHEMATHESIS_CHECKS (e.g. `all`) widen the run.
 #
 # Needs PostgreSQL and Redis on usher's default addresses (scripts/services.sh brings them up)
 # and python3; installs schemathesis with pip when it is missing.
@@ -79,7 +80,7 @@ PY
 )
 
 checks=not_a_server_error,status_code_conformance,content_type_conformance
-checks=$checks,response_headers_conformance,response_schema_conformance
+checks=${SCHEMATHESIS_CHECKS:-$checks,response_headers_conformance,response_schema_conformance}
 common=(--checks "$checks" --max-examples "${SCHEMATHESIS_EXAMPLES:-40}" --seed 1
     --no-color --suppress-health-check all --generation-database none --workers 2)
 status=0

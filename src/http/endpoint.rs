@@ -245,22 +245,34 @@ impl<'a> Endpoint<'a> {
         }
     }
 
-    /// The internal listener's operation for `method` and `path` (`None`: 404). The checks come
-    /// first: they are nearly all of this listener's traffic. A gRPC check is told apart by its
-    /// content type before this (`grpc::is_grpc`).
-    pub fn recognise_internal(method: &Method, path: &str) -> Option<Endpoint<'static>> {
+    /// The internal listener's operation for `method` and `path`. The checks come first: they
+    /// are nearly all of this listener's traffic, and take any method (the original request's,
+    /// for Envoy). A gRPC check is told apart by its content type before this
+    /// (`grpc::is_grpc`).
+    pub fn recognise_internal(
+        method: &Method,
+        path: &str,
+    ) -> Result<Endpoint<'static>, Unrecognised> {
         if super::check::is_check(path) {
-            return Some(if path == "/auth" {
+            return Ok(if path == "/auth" {
                 Endpoint::AuthRequest
             } else {
                 Endpoint::ExtAuthz
             });
         }
-        match (method, path) {
-            (&Method::GET, "/healthz") => Some(Endpoint::Healthz),
-            (&Method::GET, "/readyz") => Some(Endpoint::Readyz),
-            (&Method::GET, "/metrics") => Some(Endpoint::Metrics),
-            _ => None,
+        let endpoint = match path {
+            "/healthz" => Endpoint::Healthz,
+            "/readyz" => Endpoint::Readyz,
+            "/metrics" => Endpoint::Metrics,
+            _ => return Err(Unrecognised::NotFound),
+        };
+        if method == Method::GET {
+            Ok(endpoint)
+        } else {
+            Err(Unrecognised::MethodNotAllowed {
+                allow: "GET",
+                template: endpoint.template(),
+            })
         }
     }
 
@@ -435,7 +447,7 @@ mod tests {
                 Listener::Api => Endpoint::recognise(&e.method(), &path).ok(),
                 // gRPC is told apart by content type, before the path is looked at.
                 Listener::Internal if *e == Endpoint::GrpcCheck => Some(Endpoint::GrpcCheck),
-                Listener::Internal => Endpoint::recognise_internal(&e.method(), &path),
+                Listener::Internal => Endpoint::recognise_internal(&e.method(), &path).ok(),
             };
             assert_eq!(got, Some(*e), "{} {path}", e.method());
         }
@@ -490,6 +502,17 @@ mod tests {
             Err(Unrecognised::NotFound)
         );
         assert_eq!(r(Method::GET, "/"), Err(Unrecognised::NotFound));
+        assert_eq!(
+            Endpoint::recognise_internal(&Method::TRACE, "/healthz"),
+            Err(Unrecognised::MethodNotAllowed {
+                allow: "GET",
+                template: "/healthz"
+            })
+        );
+        assert_eq!(
+            Endpoint::recognise_internal(&Method::DELETE, "/auth"),
+            Ok(Endpoint::AuthRequest)
+        );
         assert_eq!(
             r(Method::GET, "/api/v1/users/a/b/c/d"),
             Err(Unrecognised::NotFound)
@@ -555,6 +578,7 @@ mod tests {
                 .replace("{path}", "api/v1/films");
             let found = if internal {
                 Endpoint::recognise_internal(&method, &path)
+                    .ok()
                     .or((path == Endpoint::GrpcCheck.template()).then_some(Endpoint::GrpcCheck))
             } else {
                 Endpoint::recognise(&method, &path).ok()

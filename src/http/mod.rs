@@ -405,13 +405,14 @@ fn subject(
 /// The internal listener. Bodies are never read here.
 pub async fn internal(state: &State, req: http::Request<Incoming>) -> Response {
     match Endpoint::recognise_internal(req.method(), req.uri().path()) {
-        Some(Endpoint::ExtAuthz | Endpoint::AuthRequest) => check::check(state, &req).await,
-        Some(Endpoint::Healthz) => {
+        Ok(Endpoint::ExtAuthz | Endpoint::AuthRequest) => check::check(state, &req).await,
+        Ok(Endpoint::Healthz) => {
             response::with_type(response::full(StatusCode::OK, "ok\n"), "text/plain")
         }
-        Some(Endpoint::Readyz) => ops::readyz(state).await,
-        Some(Endpoint::Metrics) => ops::metrics(state).await,
-        _ => ApiError::NotFound.into_response(),
+        Ok(Endpoint::Readyz) => ops::readyz(state).await,
+        Ok(Endpoint::Metrics) => ops::metrics(state).await,
+        Ok(_) => ApiError::NotFound.into_response(),
+        Err(unrecognised) => ApiError::from(unrecognised).into_response(),
     }
 }
 
