@@ -21,7 +21,9 @@ fi
 cargo build --locked --quiet --bin usher
 usher=target/debug/usher
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
 api_port=$(free_port)
 internal_port=$(free_port)
 run_id="schemathesis_$$_$(date +%s)"

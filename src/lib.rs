@@ -5,7 +5,8 @@
 //! - `app` — builds the application from a `config::Config`, binds, runs until stopped.
 //! - `cli` — the `usher` command line.
 //! - `config` — figment layers: defaults, `usher.toml`, legacy and `USHER_*` variables.
-//! - `http` — listeners, routing, problem details, one file per resource.
+//! - `http` — listeners, the table of operations (`http::endpoint`), routing, problem details,
+//!   one file per resource.
 //! - `attempts` — login limits: attempts per account reserved before hashing, per client IP.
 //! - `sessions` — login, refresh (rotation, grace, reuse), logout, session ends.
 //! - `escalation` — the *No escalation* rules for role grants, assignments and superusers.
@@ -14,7 +15,7 @@
 //! - `passwords` — Argon2id on a bounded blocking pool.
 //! - `revocation` — revoked sessions and roles versions: moka, Redis, PostgreSQL.
 //! - `feed` — the Redis pub/sub change feed between replicas.
-//! - `permissions` — the catalog and the roles → permissions snapshot.
+//! - `permissions` — the built-in `Permission`s, the catalog and the roles → permissions snapshot.
 //! - `routes` — the gateway route map: parse, validate, normalise, match, reload.
 //! - `kv` — the Redis handle.
 //! - `metrics` — Prometheus counters and histograms.
