@@ -422,18 +422,6 @@ pub fn label(endpoint: &Result<Endpoint<'_>, Unrecognised>) -> &'static str {
     }
 }
 
-/// The distinct path templates of the API listener, in table order: the `endpoint` label's
-/// values in the metrics (with `unmatched`).
-pub fn api_templates() -> Vec<&'static str> {
-    let mut templates: Vec<&'static str> = Vec::new();
-    for e in Endpoint::ALL {
-        if e.listener() == Listener::Api && !templates.contains(&e.template()) {
-            templates.push(e.template());
-        }
-    }
-    templates
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
