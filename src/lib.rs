@@ -6,8 +6,9 @@
 //! - `app` — builds the application from a `config::Config` (`prepare`: route map, connect,
 //!   migrate, seed), binds, runs until stopped.
 //! - `cli` — the `usher` command line; calls the same domain functions as the API.
-//! - `http` — listeners, routing, problem details, one file per resource. Handlers check the
-//!   caller's permission, read the request, call one domain function, render.
+//! - `http` — listeners, the table of operations (`http::endpoint`: each one's path, method and
+//!   the access it needs, checked by the router), problem details, one file per resource.
+//!   Handlers read the request, call one domain function, render.
 //! - The domain layer, where every rule lives; answers values or a `domain::DomainError`:
 //!   - `domain` — users, roles, registration; the *No escalation* rules (`domain::escalation`);
 //!     what a committed change means to other replicas (`domain::Changed`).
@@ -20,7 +21,7 @@
 //! - `tokens` — JWT signing and verification, keys, JWKS, refresh tokens, `TokenError`.
 //! - `passwords` — Argon2id on a bounded blocking pool.
 //! - `revocation` — revoked sessions and roles versions: moka, Redis, PostgreSQL.
-//! - `permissions` — the catalog and the roles → permissions snapshot.
+//! - `permissions` — the built-in `Permission`s, the catalog and the roles → permissions snapshot.
 //! - `routes` — the gateway route map: parse, validate, normalise, match, reload.
 //! - `kv` — the Redis handle.
 //! - `metrics` — Prometheus counters and histograms.

@@ -6,8 +6,8 @@
 //! common case, no allocation); the write lock is taken only the first time a label set is
 //! seen, and label sets are bounded by design: route labels of the map plus a few fixed ones
 //! (`default`, `invalid_path`, `invalid_host`, `bad_request`), the API's endpoint templates
-//! ([`ENDPOINTS`]) plus `unmatched`, and the statuses usher answers with. Nothing a client
-//! sends becomes a label value.
+//! (`http::endpoint`, handed in as `&'static str`) plus [`UNMATCHED`], and the statuses usher
+//! answers with. Nothing a client sends becomes a label value.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -141,8 +141,8 @@ impl Outcome {
 /// Every metric of one usher process.
 pub struct Metrics {
     requests: Family<(&'static str, u16)>,
-    /// One histogram per [`ENDPOINTS`] template, then one for [`UNMATCHED`].
-    request_latency: Box<[Histogram]>,
+    /// One histogram per endpoint template seen (or [`UNMATCHED`]).
+    request_latency: RwLock<BTreeMap<&'static str, Arc<Histogram>>>,
     /// route → one counter per outcome, looked up by `&str` without allocating.
     checks: RwLock<BTreeMap<String, Arc<[AtomicU64; OUTCOMES.len()]>>>,
     check_latency: Histogram,
@@ -172,9 +172,7 @@ impl Default for Metrics {
     fn default() -> Self {
         Metrics {
             requests: Family::new(),
-            request_latency: (0..=ENDPOINTS.len())
-                .map(|_| Histogram::default())
-                .collect(),
+            request_latency: RwLock::new(BTreeMap::new()),
             checks: RwLock::new(BTreeMap::new()),
             check_latency: Histogram::default(),
             logins: Default::default(),
@@ -206,14 +204,22 @@ pub struct Health {
 }
 
 impl Metrics {
-    /// An API request answered; `endpoint` comes from [`endpoint_label`].
+    /// An API request answered; `endpoint` is its template (`http::endpoint::label`).
     pub fn request(&self, endpoint: &'static str, status: u16, latency: Duration) {
         self.requests.inc(&(endpoint, status));
-        let slot = ENDPOINTS
-            .iter()
-            .position(|e| *e == endpoint)
-            .unwrap_or(ENDPOINTS.len());
-        self.request_latency[slot].observe(latency);
+        if let Some(h) = self
+            .request_latency
+            .read()
+            .ok()
+            .as_ref()
+            .and_then(|m| m.get(endpoint))
+        {
+            h.observe(latency);
+            return;
+        }
+        if let Ok(mut m) = self.request_latency.write() {
+            m.entry(endpoint).or_default().observe(latency);
+        }
     }
 
     /// A login answered.
@@ -261,12 +267,8 @@ impl Metrics {
             "# HELP usher_http_request_duration_seconds API request latency by endpoint.\n",
         );
         out.push_str("# TYPE usher_http_request_duration_seconds histogram\n");
-        for (endpoint, histogram) in ENDPOINTS
-            .iter()
-            .chain(std::iter::once(&UNMATCHED))
-            .zip(self.request_latency.iter())
-        {
-            if histogram.count.load(Ordering::Relaxed) > 0 {
+        if let Ok(latency) = self.request_latency.read() {
+            for (endpoint, histogram) in latency.iter() {
                 let labels = format!("endpoint=\"{}\",", escape(endpoint));
                 histogram.render(&mut out, "usher_http_request_duration_seconds", &labels);
             }
@@ -397,57 +399,8 @@ fn escape(label: &str) -> String {
         .replace('\n', "\\n")
 }
 
-/// The API's endpoints as its router (`http::api` and the resource files) routes them: with the
-/// single [`UNMATCHED`], the only values the `endpoint` label takes, so no request can add a
-/// series. `{name}` matches any one segment; the first template that fits wins, so a literal is
-/// listed before a parameter in the same place.
-pub const ENDPOINTS: &[&str] = &[
-    "/api/v1/auth/register",
-    "/api/v1/auth/login",
-    "/api/v1/auth/refresh",
-    "/api/v1/auth/logout",
-    "/api/v1/auth/logout-all",
-    "/api/v1/auth/sessions",
-    "/api/v1/auth/sessions/{id}",
-    "/api/v1/auth/history",
-    "/api/v1/users",
-    "/api/v1/users/me",
-    "/api/v1/users/me/password",
-    "/api/v1/users/{id}",
-    "/api/v1/users/{id}/history",
-    "/api/v1/users/{id}/roles",
-    "/api/v1/users/{id}/roles/{role}",
-    "/api/v1/roles",
-    "/api/v1/roles/{id}",
-    "/api/v1/permissions",
-    "/.well-known/jwks.json",
-    "/openapi.json",
-    "/docs",
-];
-
 /// The label of every API request no endpoint template fits.
 pub const UNMATCHED: &str = "unmatched";
-
-/// The endpoint label of an API path: its template from [`ENDPOINTS`], or [`UNMATCHED`].
-/// Whatever the status (401, 404, 413, ...), the label comes from this fixed set.
-pub fn endpoint_label(path: &str) -> &'static str {
-    let path = path.strip_prefix('/').unwrap_or(path);
-    ENDPOINTS
-        .iter()
-        .copied()
-        .find(|template| {
-            let mut want = template[1..].split('/');
-            let mut got = path.split('/');
-            loop {
-                match (want.next(), got.next()) {
-                    (None, None) => return true,
-                    (Some(w), Some(g)) if w.starts_with('{') || w == g => {}
-                    _ => return false,
-                }
-            }
-        })
-        .unwrap_or(UNMATCHED)
-}
 
 #[cfg(test)]
 mod tests {
@@ -538,23 +491,6 @@ mod tests {
             "usher_retention_pruned_rows_total{table=\"sessions\"} 0",
         ] {
             assert!(text.contains(needle), "{needle} missing from\n{text}");
-        }
-    }
-
-    #[test]
-    fn paths_fold_into_the_fixed_templates() {
-        assert_eq!(
-            endpoint_label("/api/v1/users/6f1c2b8e-8d7a-4c1e-9b1a-0c2d3e4f5a6b/roles"),
-            "/api/v1/users/{id}/roles"
-        );
-        assert_eq!(endpoint_label("/api/v1/users/junk"), "/api/v1/users/{id}");
-        assert_eq!(endpoint_label("/api/v1/users/me"), "/api/v1/users/me");
-        assert_eq!(endpoint_label("/api/v1/users/a/b/c/d"), UNMATCHED);
-        assert_eq!(endpoint_label("/random/junk"), UNMATCHED);
-        assert_eq!(endpoint_label("/"), UNMATCHED);
-        assert_eq!(endpoint_label("/docs"), "/docs");
-        for template in ENDPOINTS {
-            assert_eq!(endpoint_label(template), *template);
         }
     }
 }

@@ -11,27 +11,96 @@ use deadpool_postgres::Pool;
 
 use crate::store::{self, StoreError};
 
-/// The built-in permissions: `(name, description)`.
-pub const BUILTIN_PERMISSIONS: &[(&str, &str)] = &[
-    (
-        "user_self_read",
-        "Read own profile, own roles and own login history",
-    ),
-    ("user_self_update", "Change own e-mail and password"),
-    ("user_self_delete", "Disable own account"),
-    (
-        "user_all_read",
-        "List and read any user, their roles and history",
-    ),
-    ("user_all_update", "Change any user's e-mail"),
-    ("user_all_delete", "Disable any user"),
-    ("user_all_set_role", "Assign and remove roles of any user"),
-    ("role_read", "List and read roles"),
-    ("role_create", "Create roles"),
-    ("role_update", "Change roles"),
-    ("role_delete", "Delete roles"),
-    ("permission_read", "List the permission catalog"),
-];
+/// A built-in permission: what the API's endpoints require (`http::endpoint`), and what the
+/// catalog is seeded with. A service permission of the route map is a plain name instead: the
+/// API never requires one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Permission {
+    /// Read own profile, roles and history.
+    UserSelfRead,
+    /// Change own e-mail and password.
+    UserSelfUpdate,
+    /// Disable own account.
+    UserSelfDelete,
+    /// Read any user.
+    UserAllRead,
+    /// Change any user's e-mail.
+    UserAllUpdate,
+    /// Disable any user.
+    UserAllDelete,
+    /// Assign and remove roles.
+    UserAllSetRole,
+    /// Read roles.
+    RoleRead,
+    /// Create roles.
+    RoleCreate,
+    /// Change roles.
+    RoleUpdate,
+    /// Delete roles.
+    RoleDelete,
+    /// Read the catalog.
+    PermissionRead,
+}
+
+impl Permission {
+    /// Every built-in permission, in catalog order.
+    pub const ALL: [Permission; 12] = [
+        Permission::UserSelfRead,
+        Permission::UserSelfUpdate,
+        Permission::UserSelfDelete,
+        Permission::UserAllRead,
+        Permission::UserAllUpdate,
+        Permission::UserAllDelete,
+        Permission::UserAllSetRole,
+        Permission::RoleRead,
+        Permission::RoleCreate,
+        Permission::RoleUpdate,
+        Permission::RoleDelete,
+        Permission::PermissionRead,
+    ];
+
+    /// Its name in the catalog, in roles and in the route map.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Permission::UserSelfRead => "user_self_read",
+            Permission::UserSelfUpdate => "user_self_update",
+            Permission::UserSelfDelete => "user_self_delete",
+            Permission::UserAllRead => "user_all_read",
+            Permission::UserAllUpdate => "user_all_update",
+            Permission::UserAllDelete => "user_all_delete",
+            Permission::UserAllSetRole => "user_all_set_role",
+            Permission::RoleRead => "role_read",
+            Permission::RoleCreate => "role_create",
+            Permission::RoleUpdate => "role_update",
+            Permission::RoleDelete => "role_delete",
+            Permission::PermissionRead => "permission_read",
+        }
+    }
+
+    /// Its description in the catalog.
+    pub const fn description(self) -> &'static str {
+        match self {
+            Permission::UserSelfRead => "Read own profile, own roles and own login history",
+            Permission::UserSelfUpdate => "Change own e-mail and password",
+            Permission::UserSelfDelete => "Disable own account",
+            Permission::UserAllRead => "List and read any user, their roles and history",
+            Permission::UserAllUpdate => "Change any user's e-mail",
+            Permission::UserAllDelete => "Disable any user",
+            Permission::UserAllSetRole => "Assign and remove roles of any user",
+            Permission::RoleRead => "List and read roles",
+            Permission::RoleCreate => "Create roles",
+            Permission::RoleUpdate => "Change roles",
+            Permission::RoleDelete => "Delete roles",
+            Permission::PermissionRead => "List the permission catalog",
+        }
+    }
+}
+
+impl AsRef<str> for Permission {
+    fn as_ref(&self) -> &str {
+        self.name()
+    }
+}
 
 /// The role holding every permission, always.
 pub const SUPERUSER: &str = "superuser";
@@ -48,28 +117,33 @@ pub const BUILTIN_ROLES: &[(&str, &str)] = &[
 ];
 
 /// What `user` starts with.
-pub const USER_ROLE_GRANTS: &[&str] = &[
-    "user_self_read",
-    "user_self_update",
-    "user_self_delete",
-    "role_read",
-    "permission_read",
+pub const USER_ROLE_GRANTS: &[Permission] = &[
+    Permission::UserSelfRead,
+    Permission::UserSelfUpdate,
+    Permission::UserSelfDelete,
+    Permission::RoleRead,
+    Permission::PermissionRead,
 ];
 
 /// Creates the built-in permissions and roles that are missing, and adds the route map's
 /// service permissions (`declared`), in PostgreSQL.
 pub async fn seed(pool: &Pool, declared: &[(String, String)]) -> anyhow::Result<()> {
+    let permissions: Vec<(&str, &str)> = Permission::ALL
+        .iter()
+        .map(|p| (p.name(), p.description()))
+        .collect();
+    let registered: Vec<&str> = USER_ROLE_GRANTS.iter().map(|p| p.name()).collect();
     let builtins = store::migrate::Builtins {
-        permissions: BUILTIN_PERMISSIONS,
+        permissions: &permissions,
         roles: BUILTIN_ROLES,
-        registered: (USER, USER_ROLE_GRANTS),
+        registered: (USER, &registered),
     };
     store::migrate::seed(pool, &builtins, declared).await
 }
 
 /// Names of the built-in permissions.
 pub fn builtin_names() -> Vec<&'static str> {
-    BUILTIN_PERMISSIONS.iter().map(|(n, _)| *n).collect()
+    Permission::ALL.iter().map(|p| p.name()).collect()
 }
 
 /// Roles and their grants at one moment.

@@ -1,9 +1,12 @@
-//! The HTTP layer: the two listeners, one routing function per listener, one file per
-//! resource. Handlers are `async fn(&State, Req) -> Result<Response, ApiError>`, callable
-//! without a socket.
+//! The HTTP layer: the two listeners, the table of their operations (`endpoint`), one
+//! routing function per listener, one file per resource. [`api`] recognises the operation,
+//! lets the caller in by its access rule, and calls its handler: an `async fn` of the state,
+//! the caller and the request's parts it needs, returning `Result<Response, ApiError>`,
+//! callable without a socket.
 
 pub mod auth;
 pub mod check;
+pub mod endpoint;
 pub mod error;
 pub mod grpc;
 pub mod ops;
@@ -17,7 +20,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::{Method, StatusCode};
+use http::StatusCode;
 use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -28,7 +31,9 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
 use crate::guard::{Principal, Refused};
+use crate::permissions::Permission;
 use crate::state::State;
+use endpoint::{Access, Endpoint, Unrecognised};
 use error::ApiError;
 use request::Req;
 use response::Response;
@@ -259,6 +264,7 @@ async fn dispatch(
             let started = Instant::now();
             let method = req.method().clone();
             let path = req.uri().path().to_owned();
+            let endpoint = Endpoint::recognise(&method, &path);
             let request_id = req
                 .headers()
                 .get("x-request-id")
@@ -268,9 +274,16 @@ async fn dispatch(
             let limit = state.config.listen.read_timeout.0;
             let read = tokio::time::timeout(limit, Req::read(req, peer)).await;
             let response = match read {
-                Ok(Ok(req)) => api(state, req.behind(state.config.listen.trusted_proxies))
+                Ok(Ok(req)) => match endpoint {
+                    Ok(endpoint) => api(
+                        state,
+                        endpoint,
+                        req.behind(state.config.listen.trusted_proxies),
+                    )
                     .await
                     .unwrap_or_else(ApiError::into_response),
+                    Err(unrecognised) => ApiError::from(unrecognised).into_response(),
+                },
                 Ok(Err(e)) => e.into_response(),
                 Err(_) => ApiError::BadRequest("the request body did not arrive in time".into())
                     .into_response(),
@@ -279,7 +292,7 @@ async fn dispatch(
             let latency = started.elapsed();
             state
                 .metrics
-                .request(crate::metrics::endpoint_label(&path), status, latency);
+                .request(endpoint::label(&endpoint), status, latency);
             tracing::info!(
                 %method, %path, status,
                 latency_us = latency.as_micros() as u64, %request_id, "request"
@@ -293,41 +306,122 @@ async fn dispatch(
     }
 }
 
-/// The API listener's routes.
-pub async fn api(state: &State, req: Req) -> Result<Response, ApiError> {
-    let path = req.parts.uri.path().to_owned();
-    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    let method = req.parts.method.clone();
-    match (&method, segments.as_slice()) {
-        (_, ["api", "v1", "auth", rest @ ..]) => auth::route(state, &method, rest, req).await,
-        (_, ["api", "v1", "users", rest @ ..]) => users::route(state, &method, rest, req).await,
-        (_, ["api", "v1", "roles", rest @ ..]) => roles::route(state, &method, rest, req).await,
-        (_, ["api", "v1", "permissions", rest @ ..]) => {
-            roles::route_permissions(state, &method, rest, req).await
+/// The API listener: the caller is let in by the endpoint's [`Access`] (401, 403), then its
+/// handler runs. Handlers of [`Access::OwnOrAny`] endpoints get the user the path names, once
+/// the caller may act on them.
+pub async fn api(state: &State, endpoint: Endpoint<'_>, req: Req) -> Result<Response, ApiError> {
+    use Endpoint as E;
+    let access = endpoint.access();
+    let who = match access {
+        Access::Anyone => None,
+        Access::Token | Access::OwnOrAny { .. } => Some(principal(state, &req).await?),
+        Access::Holds(permission) => Some(authorize(state, &req, permission).await?),
+    };
+    let on = |who: &Principal, id: &str| subject(state, who, id, access);
+    match (endpoint, who) {
+        (E::Register, _) => auth::register(state, req).await,
+        (E::Login, _) => auth::login(state, req).await,
+        (E::Refresh, _) => auth::refresh(state, req).await,
+        (E::Jwks, _) => ops::jwks(state),
+        (E::OpenApi, _) => Ok(ops::openapi()),
+        (E::Docs, _) => Ok(ops::docs()),
+        // Every other endpoint's access names a caller.
+        (_, None) => Err(ApiError::Unauthorized),
+
+        (E::Logout, Some(who)) => auth::logout(state, &who, req).await,
+        (E::LogoutAll, Some(who)) => auth::logout_all(state, &who, req).await,
+        (E::Sessions, Some(who)) => auth::list_sessions(state, &who).await,
+        (E::EndSession { session }, Some(who)) => {
+            auth::end_session(state, &who, session, req).await
         }
-        (&Method::GET, [".well-known", "jwks.json"]) => ops::jwks(state),
-        (&Method::GET, ["openapi.json"]) => Ok(ops::openapi()),
-        (&Method::GET, ["docs"]) => Ok(ops::docs()),
-        (_, [".well-known", "jwks.json"] | ["openapi.json"] | ["docs"]) => {
-            Err(ApiError::MethodNotAllowed("GET"))
+        (E::OwnHistory, Some(who)) => auth::history(state, &who, req).await,
+
+        (E::Me, Some(who)) => users::me(state, &who).await,
+        (E::UpdateMe, Some(who)) => users::update(state, &who, on(&who, "me")?, req).await,
+        (E::DisableMe, Some(who)) => users::disable(state, &who, on(&who, "me")?, req).await,
+        (E::ChangePassword, Some(who)) => users::change_password(state, &who, req).await,
+        (E::Users, Some(_)) => users::list(state, req).await,
+        (E::User { user }, Some(who)) => users::show(state, on(&who, user)?).await,
+        (E::UpdateUser { user }, Some(who)) => {
+            users::update(state, &who, on(&who, user)?, req).await
         }
-        _ => Err(ApiError::NotFound),
+        (E::DisableUser { user }, Some(who)) => {
+            users::disable(state, &who, on(&who, user)?, req).await
+        }
+        (E::UserHistory { user }, Some(who)) => users::history(state, on(&who, user)?, req).await,
+        (E::UserRoles { user }, Some(who)) => users::roles(state, on(&who, user)?).await,
+        (E::AssignRole { user, role }, Some(who)) => {
+            users::set_role(state, &who, user, role, true).await
+        }
+        (E::RemoveRole { user, role }, Some(who)) => {
+            users::set_role(state, &who, user, role, false).await
+        }
+
+        (E::Roles, Some(_)) => roles::list(state).await,
+        (E::CreateRole, Some(who)) => roles::create(state, &who, req).await,
+        (E::Role { role }, Some(_)) => roles::show(state, role).await,
+        (E::UpdateRole { role }, Some(who)) => roles::update(state, &who, role, req).await,
+        (E::DeleteRole { role }, Some(_)) => roles::delete(state, role).await,
+        (E::Permissions, Some(_)) => roles::catalog(state).await,
+
+        // The internal listener's endpoints are not served here.
+        (
+            E::ExtAuthz | E::AuthRequest | E::GrpcCheck | E::Healthz | E::Readyz | E::Metrics,
+            Some(_),
+        ) => Err(ApiError::NotFound),
     }
 }
 
-/// The internal listener's routes. The gateway checks come first: they are nearly all of
-/// this listener's traffic. Bodies are never read here.
-pub async fn internal(state: &State, req: http::Request<Incoming>) -> Response {
-    if check::is_check(req.uri().path()) {
-        return check::check(state, &req).await;
+/// The user `id` names (`me`: the caller) when `access` lets the caller act on them; 404 for a
+/// malformed id, 403 for a user the caller may not see (whether or not they exist, so existence
+/// never leaks).
+fn subject(
+    state: &State,
+    who: &Principal,
+    id: &str,
+    access: Access,
+) -> Result<uuid::Uuid, ApiError> {
+    let user = if id == "me" {
+        who.user
+    } else {
+        id.parse().map_err(|_| ApiError::NotFound)?
+    };
+    let snapshot = state.permissions.snapshot();
+    let allowed = match access {
+        Access::OwnOrAny { own, any } => {
+            snapshot.allows(&who.roles, &[any])
+                || (user == who.user && snapshot.allows(&who.roles, &[own]))
+        }
+        Access::Holds(permission) => snapshot.allows(&who.roles, &[permission]),
+        Access::Anyone | Access::Token => true,
+    };
+    if allowed {
+        Ok(user)
+    } else {
+        Err(ApiError::Forbidden)
     }
-    match (req.method(), req.uri().path()) {
-        (&Method::GET, "/healthz") => {
+}
+
+/// The internal listener. Bodies are never read here.
+pub async fn internal(state: &State, req: http::Request<Incoming>) -> Response {
+    match Endpoint::recognise_internal(req.method(), req.uri().path()) {
+        Ok(Endpoint::ExtAuthz | Endpoint::AuthRequest) => check::check(state, &req).await,
+        Ok(Endpoint::Healthz) => {
             response::with_type(response::full(StatusCode::OK, "ok\n"), "text/plain")
         }
-        (&Method::GET, "/readyz") => ops::readyz(state).await,
-        (&Method::GET, "/metrics") => ops::metrics(state).await,
-        _ => ApiError::NotFound.into_response(),
+        Ok(Endpoint::Readyz) => ops::readyz(state).await,
+        Ok(Endpoint::Metrics) => ops::metrics(state).await,
+        Ok(_) => ApiError::NotFound.into_response(),
+        Err(unrecognised) => ApiError::from(unrecognised).into_response(),
+    }
+}
+
+impl From<Unrecognised> for ApiError {
+    fn from(u: Unrecognised) -> ApiError {
+        match u {
+            Unrecognised::NotFound => ApiError::NotFound,
+            Unrecognised::MethodNotAllowed { allow, .. } => ApiError::MethodNotAllowed(allow),
+        }
     }
 }
 
@@ -345,14 +439,18 @@ pub async fn principal(state: &State, req: &Req) -> Result<Arc<Principal>, ApiEr
         })
 }
 
-/// The caller, who must hold every permission in `required` (403 otherwise).
+/// The caller, who must hold `permission` (403 otherwise).
 pub async fn authorize(
     state: &State,
     req: &Req,
-    required: &[&str],
+    permission: Permission,
 ) -> Result<Arc<Principal>, ApiError> {
     let who = principal(state, req).await?;
-    if state.permissions.snapshot().allows(&who.roles, required) {
+    if state
+        .permissions
+        .snapshot()
+        .allows(&who.roles, &[permission])
+    {
         Ok(who)
     } else {
         Err(ApiError::Forbidden)

@@ -60,9 +60,9 @@ impl Probe {
         }
     }
 
-    /// One of `metrics::READINESS`. Ready needs PostgreSQL and the route map (loaded before
-    /// the listeners open, and only ever replaced by a valid one). Redis down is degraded:
-    /// usher decides correctly without it, only slower.
+    /// One of `metrics::READINESS`. Ready needs PostgreSQL; the route map needs no probe (it
+    /// is loaded before the listeners open, and only ever replaced by a valid one). Redis down
+    /// is degraded: usher decides correctly without it, only slower.
     fn state(&self) -> &'static str {
         match self {
             Probe { draining: true, .. } => "draining",

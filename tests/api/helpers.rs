@@ -145,7 +145,8 @@ impl TestApp {
         format!("http://{}{}", self.internal, path)
     }
 
-    /// Any request to the API listener.
+    /// Any request to the API listener. The answer is checked against `openapi.json`
+    /// (`schema::check`) before the test sees it.
     pub async fn request(
         &self,
         method: Method,
@@ -153,14 +154,25 @@ impl TestApp {
         token: Option<&str>,
         body: Option<Value>,
     ) -> Response {
-        let mut r = self.client.request(method, self.url(path));
+        let mut r = self.client.request(method.clone(), self.url(path));
         if let Some(t) = token {
             r = r.bearer_auth(t);
         }
         if let Some(b) = body {
             r = r.json(&b);
         }
-        r.send().await.expect("the API should answer")
+        let answer = r.send().await.expect("the API should answer");
+        let (status, version, headers) =
+            (answer.status(), answer.version(), answer.headers().clone());
+        let bytes = answer.bytes().await.expect("the whole answer");
+        let content_type = headers.get("content-type").and_then(|v| v.to_str().ok());
+        let path = path.split('?').next().unwrap_or_default();
+        crate::schema::check(&method, path, status.as_u16(), content_type, &bytes);
+        let mut rebuilt = http::Response::new(bytes);
+        *rebuilt.status_mut() = status;
+        *rebuilt.version_mut() = version;
+        *rebuilt.headers_mut() = headers;
+        Response::from(rebuilt)
     }
 
     pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> Response {

@@ -20,6 +20,7 @@ mod operations;
 mod refresh;
 mod revocation;
 mod roles;
+mod schema;
 mod seams;
 mod security;
 mod sentinel;
