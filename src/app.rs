@@ -210,7 +210,10 @@ impl Application {
                             if let Err(e) = state.permissions.refresh(&state.db, true).await {
                                 tracing::warn!(error = %e, "permission snapshot not refreshed");
                             }
-                            state.revocation.announce("c").await;
+                            state
+                                .revocation
+                                .announce(crate::change::Change::Catalog)
+                                .await;
                         }
                         Err(e) => tracing::warn!(error = %e, "service permissions not stored"),
                     }

@@ -195,7 +195,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let pool = store::connect(&config.database).await?;
             store::migrate::migrate(&pool).await?;
             let kid = crate::tokens::rotate(&pool, &config.tokens).await?;
-            announce(&config, "k").await;
+            announce(&config, crate::change::Change::Keys).await;
             println!("new signing key {kid}");
             Ok(())
         }
@@ -205,7 +205,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let pool = store::connect(&config.database).await?;
             store::migrate::migrate(&pool).await?;
             crate::tokens::retire(&pool, &kid).await?;
-            announce(&config, "k").await;
+            announce(&config, crate::change::Change::Keys).await;
             println!("signing key {kid} retired");
             Ok(())
         }
@@ -217,15 +217,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// Tells running replicas through the change feed (`c`: roles and grants, `k`: keys). When
-/// Redis cannot be reached they catch up by themselves: their feed is down too, and they
-/// poll PostgreSQL until it is back.
-async fn announce(config: &Config, what: &str) {
+/// Tells running replicas through the change feed. When Redis cannot be reached they catch
+/// up by themselves: their feed is down too, and they poll PostgreSQL until it is back.
+async fn announce(config: &Config, change: crate::change::Change) {
     if let Ok(kv) = crate::kv::Kv::new(&config.redis) {
         let mut pipe = redis::pipe();
         pipe.cmd("PUBLISH")
-            .arg(kv.key(crate::revocation::FEED))
-            .arg(what);
+            .arg(kv.key(crate::kv::keys::FEED))
+            .arg(change.encode());
         if let Err(e) = kv.run::<(i64,)>(&pipe).await {
             eprintln!(
                 "usher: running replicas were not told ({e}); they catch up when Redis is back"
@@ -260,7 +259,7 @@ async fn change_grants(
     store::roles::change_grants(&tx, id, permissions, grant).await?;
     store::roles::bump_catalog(&tx).await?;
     tx.commit().await?;
-    announce(config, "c").await;
+    announce(config, crate::change::Change::Catalog).await;
     let verb = if grant { "granted to" } else { "revoked from" };
     println!("{} {verb} {role}", permissions.join(", "));
     Ok(())

@@ -10,7 +10,8 @@ use futures_util::StreamExt;
 use tokio::sync::watch;
 
 use crate::app::State;
-use crate::revocation::FEED;
+use crate::change::Change;
+use crate::kv::keys;
 
 /// First and longest wait between attempts to resubscribe.
 const RETRY: (Duration, Duration) = (Duration::from_millis(250), Duration::from_secs(2));
@@ -18,7 +19,7 @@ const RETRY: (Duration, Duration) = (Duration::from_millis(250), Duration::from_
 /// Runs until `shutdown` flips to true. Retries back off exponentially, and an outage is
 /// logged once when it begins (and `change feed up` once when it ends), not at every retry.
 pub async fn run(state: Arc<State>, mut shutdown: watch::Receiver<bool>) {
-    let channel = state.kv.key(FEED);
+    let channel = state.kv.key(keys::FEED);
     let mut delay = RETRY.0;
     let mut said_down = false;
     loop {
@@ -97,12 +98,18 @@ async fn subscribe_and_listen(
 }
 
 async fn apply(state: &Arc<State>, payload: &str) -> anyhow::Result<()> {
-    match payload {
+    match Change::decode(payload) {
         // If the snapshot cannot be reread, the feed is treated as down (and memory stops
         // vouching) until a new subscription has read it.
-        "c" => state.permissions.refresh(&state.db, true).await?,
-        "k" => state.reload_keys().await,
-        other => state.revocation.apply(other),
+        Ok(Change::Catalog) => state.permissions.refresh(&state.db, true).await?,
+        Ok(Change::Keys) => state.reload_keys().await,
+        Ok(change) => state.revocation.apply(&change),
+        Err(unknown) => {
+            // A newer replica's message, or someone else's on our channel: nothing this one
+            // can act on, but not to be lost without a trace.
+            state.metrics.feed_unknown();
+            tracing::warn!(message = %unknown.0, "unknown change-feed message ignored");
+        }
     }
     Ok(())
 }

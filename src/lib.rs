@@ -13,10 +13,10 @@
 //! - `tokens` — JWT signing and verification, keys, JWKS, refresh tokens.
 //! - `passwords` — Argon2id on a bounded blocking pool.
 //! - `revocation` — revoked sessions and roles versions: moka, Redis, PostgreSQL.
-//! - `feed` — the Redis pub/sub change feed between replicas.
+//! - `feed` — the Redis pub/sub change feed between replicas; `change` — its messages.
 //! - `permissions` — the catalog and the roles → permissions snapshot.
 //! - `routes` — the gateway route map: parse, validate, normalise, match, reload.
-//! - `kv` — the Redis handle.
+//! - `kv` — the Redis handle (standalone, Sentinel, Cluster); `kv::keys` names every key.
 //! - `metrics` — Prometheus counters and histograms.
 //! - `retention` — background pruning of expired sessions and old login history.
 //! - `store` — PostgreSQL: pool, migrations, one file per table family.
@@ -25,6 +25,7 @@
 
 pub mod app;
 pub mod attempts;
+pub mod change;
 pub mod cli;
 pub mod config;
 pub mod escalation;

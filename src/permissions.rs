@@ -156,7 +156,10 @@ pub async fn propagate(state: &State, catalog: bool, users: &[(Uuid, i64)]) {
         if let Err(e) = state.permissions.refresh(&state.db, true).await {
             tracing::warn!(error = %e, "permission snapshot not reread after a change");
         }
-        state.revocation.announce("c").await;
+        state
+            .revocation
+            .announce(crate::change::Change::Catalog)
+            .await;
     }
     for (user, rv) in users {
         state.revocation.roles_changed(*user, *rv).await;

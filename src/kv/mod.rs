@@ -17,6 +17,8 @@ use redis::{
 
 use crate::config::{self, RedisMode};
 
+pub mod keys;
+
 /// Where the Redis server comes from.
 enum Source {
     /// `redis.url`.
@@ -185,6 +187,22 @@ impl Kv {
         };
         self.forget(&manager);
         Err(failed)
+    }
+
+    /// Runs pipelines, each confined to one key (or keys of one hash slot), all at once: in a
+    /// cluster each goes to its own shard. Their answers, in order.
+    pub async fn run_all<T: FromRedisValue>(&self, pipes: &[Pipeline]) -> Result<Vec<T>, KvError> {
+        futures_util::future::try_join_all(pipes.iter().map(|p| self.run::<T>(p))).await
+    }
+
+    /// `run_all` for pipelines whose answers are ignored.
+    pub async fn run_each<'p>(
+        &self,
+        pipes: impl IntoIterator<Item = &'p Pipeline>,
+    ) -> Result<(), KvError> {
+        futures_util::future::try_join_all(pipes.into_iter().map(|p| self.run::<()>(p)))
+            .await
+            .map(|_| ())
     }
 
     /// Whether Redis answers a PING now.
