@@ -280,3 +280,53 @@ impl Revocation {
         self.feed_up.load(Ordering::Acquire)
     }
 }
+
+/// A `Revocation` over the test Redis with a fresh key prefix, and what tests need to steer
+/// it without the feed.
+#[cfg(test)]
+pub(crate) mod testing {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// Over the Redis of the tests (`USHER_TEST_REDIS_URL`, else the local default), with a
+    /// PostgreSQL that refuses every connection: a test that reaches it sees `Unavailable`.
+    pub(crate) fn revocation() -> Revocation {
+        let mut redis = config::Redis::default();
+        if let Ok(url) = std::env::var("USHER_TEST_REDIS_URL") {
+            redis.url = config::Secret::new(url);
+        }
+        redis.prefix = format!("usher-unit:{}:", Uuid::new_v4().simple());
+        let kv = Kv::new(&redis).unwrap();
+        let pg: tokio_postgres::Config = "host=127.0.0.1 port=1 user=nobody connect_timeout=1"
+            .parse()
+            .unwrap();
+        let manager = deadpool_postgres::Manager::new(pg, tokio_postgres::NoTls);
+        let pool = Pool::builder(manager).max_size(1).build().unwrap();
+        Revocation::new(kv, pool, &config::Cache::default(), Duration::from_secs(60))
+    }
+
+    impl Revocation {
+        /// As if the feed had come up (or gone down).
+        pub(crate) fn set_feed_up(&self, up: bool) {
+            self.feed_up.store(up, Ordering::Release);
+            self.bump();
+        }
+
+        /// As if a fetch had found this.
+        pub(crate) fn learn(&self, session: Uuid, user: Uuid, revoked: bool, min_rv: i64) {
+            self.states
+                .store(self.states.generation(), session, user, revoked, min_rv);
+        }
+
+        /// Deletes this test's keys.
+        pub(crate) async fn clean_up(&self) {
+            let mut pipe = redis::pipe();
+            for n in 0..crate::kv::keys::BUCKETS {
+                pipe.cmd("DEL")
+                    .arg(self.kv.key(crate::kv::keys::marks(n)))
+                    .ignore();
+            }
+            self.kv.run::<()>(&pipe).await.unwrap();
+        }
+    }
+}
