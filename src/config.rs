@@ -132,6 +132,10 @@ pub struct Redis {
     pub sentinels: Vec<String>,
     /// Sentinel mode: the name the sentinels monitor the master under.
     pub master_name: String,
+    /// Cluster mode: URLs of some of the cluster's nodes (a list, or one comma-separated
+    /// string); the others and the slot map are learnt from them.
+    #[serde(deserialize_with = "list_or_commas")]
+    pub nodes: Vec<String>,
 }
 
 impl Default for Redis {
@@ -144,6 +148,7 @@ impl Default for Redis {
             mode: RedisMode::Standalone,
             sentinels: Vec::new(),
             master_name: String::new(),
+            nodes: Vec::new(),
         }
     }
 }
@@ -158,6 +163,8 @@ pub enum RedisMode {
     /// The master the sentinels name, followed across failovers. `redis.url` still gives the
     /// database number, credentials and TLS for the master; its host is not used.
     Sentinel,
+    /// A Redis Cluster reached through `redis.nodes`; keys spread over its shards.
+    Cluster,
 }
 
 /// A list, or a comma-separated string (as environment variables give it).
@@ -449,6 +456,18 @@ impl Config {
                 problems.push("redis.master_name: required when redis.mode = \"sentinel\"".into());
             }
         }
+        if self.redis.mode == RedisMode::Cluster {
+            if self.redis.nodes.is_empty() {
+                problems.push("redis.nodes: required when redis.mode = \"cluster\"".into());
+            }
+            if self.redis.prefix.contains(['{', '}']) {
+                problems.push(
+                    "redis.prefix: no '{' or '}' when redis.mode = \"cluster\" \
+                     (a hash tag would put every key on one shard)"
+                        .into(),
+                );
+            }
+        }
         if problems.is_empty() {
             Ok(())
         } else {
@@ -462,6 +481,7 @@ impl Config {
         copy.database.url = Secret::new(mask_url(self.database.url.expose()));
         copy.redis.url = Secret::new(mask_url(self.redis.url.expose()));
         copy.redis.sentinels = self.redis.sentinels.iter().map(|u| mask_url(u)).collect();
+        copy.redis.nodes = self.redis.nodes.iter().map(|u| mask_url(u)).collect();
         if copy.tokens.hs256_secret.is_some() {
             copy.tokens.hs256_secret = Some(Secret::new("***"));
         }
@@ -865,6 +885,33 @@ mod tests {
             jail.set_env("USHER_DATABASE__URL", "postgres://c@db/y");
             let c = Config::load(None)?;
             assert_eq!(c.database.url.expose(), "postgres://c@db/y");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn cluster_mode_needs_nodes_and_a_prefix_without_hash_tags() {
+        Jail::expect_with(|jail| {
+            jail.set_env("USHER_REDIS__MODE", "cluster");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(err.contains("redis.nodes: required"), "{err}");
+            jail.set_env(
+                "USHER_REDIS__NODES",
+                "redis://n1:7000,redis://:sesame@n2:7001",
+            );
+            let c = Config::load(None)?;
+            assert_eq!(c.redis.mode, RedisMode::Cluster);
+            assert_eq!(
+                c.redis.nodes,
+                ["redis://n1:7000", "redis://:sesame@n2:7001"]
+            );
+            assert_eq!(
+                c.masked().redis.nodes,
+                ["redis://n1:7000", "redis://:***@n2:7001"]
+            );
+            jail.set_env("USHER_REDIS__PREFIX", "{usher}:");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(err.contains("redis.prefix: no '{'"), "{err}");
             Ok(())
         });
     }
