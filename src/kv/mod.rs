@@ -56,9 +56,13 @@ pub struct Kv {
     source: Source,
     manager: ArcSwapOption<Conn>,
     connecting: tokio::sync::Mutex<()>,
-    /// Sentinel mode: the master's address, and how many times it changed.
+    /// Sentinel mode: the master's address, and how many times it changed (or, in Cluster
+    /// mode, how many times the cluster's epoch rose).
     master: std::sync::Mutex<Option<String>>,
     generation: AtomicU64,
+    /// Cluster mode: the highest `cluster_current_epoch` seen (0: none yet). Every failover
+    /// raises it.
+    cluster_epoch: AtomicU64,
     prefix: String,
     timeout: Duration,
 }
@@ -85,6 +89,7 @@ impl Kv {
             connecting: tokio::sync::Mutex::new(()),
             master: std::sync::Mutex::new(None),
             generation: AtomicU64::new(0),
+            cluster_epoch: AtomicU64::new(0),
             prefix: cfg.prefix.clone(),
             timeout: cfg.timeout.0,
         }))
@@ -125,7 +130,8 @@ impl Kv {
         self.timeout
     }
 
-    /// How many times the master changed (Sentinel mode). A change means writes the old master
+    /// How many times the master changed (Sentinel mode) or the cluster's epoch rose (Cluster
+    /// mode: a failover, or a change of the slot map). A change means writes an old master
     /// acknowledged may be lost: what was read from Redis before it proves nothing now.
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
@@ -241,12 +247,47 @@ impl Kv {
             .map(|_| ())
     }
 
-    /// Whether Redis answers a PING now (in a cluster: every node does).
+    /// Whether Redis answers a PING now (in a cluster: every node does). The change feed
+    /// calls it every second; in a cluster it also notices a failover then.
     pub async fn ping(&self) -> bool {
         let mut pipe = redis::pipe();
         pipe.cmd("PING");
-        self.run::<(String,)>(&pipe).await.is_ok()
+        let up = self.run::<(String,)>(&pipe).await.is_ok();
+        if up && matches!(self.source, Source::Cluster { .. }) {
+            self.watch_cluster_epoch().await;
+        }
+        up
     }
+
+    /// A replica promoted by a cluster failover raises the cluster's epoch; the cluster
+    /// connection follows it without a word, so usher asks.
+    async fn watch_cluster_epoch(&self) {
+        let mut pipe = redis::pipe();
+        pipe.cmd("CLUSTER").arg("INFO");
+        let Some(epoch) = self
+            .run::<(String,)>(&pipe)
+            .await
+            .ok()
+            .and_then(|(info,)| current_epoch(&info))
+        else {
+            return;
+        };
+        let before = self.cluster_epoch.fetch_max(epoch, Ordering::AcqRel);
+        if before != 0 && epoch > before {
+            tracing::warn!(
+                epoch,
+                "Redis Cluster changed (a failover or a new slot map)"
+            );
+            self.generation.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+}
+
+/// `cluster_current_epoch` from `CLUSTER INFO`.
+fn current_epoch(info: &str) -> Option<u64> {
+    info.lines()
+        .find_map(|line| line.strip_prefix("cluster_current_epoch:"))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// `rediss://` in Sentinel and Cluster mode verifies servers against the system's roots: the
@@ -307,4 +348,17 @@ fn cluster_source(cfg: &config::Redis) -> anyhow::Result<Source> {
         nodes,
         next: AtomicUsize::new(0),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cluster_epoch_is_read_from_cluster_info() {
+        let info = "cluster_state:ok\r\ncluster_slots_assigned:16384\r\n\
+                    cluster_current_epoch:7\r\ncluster_my_epoch:2\r\n";
+        assert_eq!(current_epoch(info), Some(7));
+        assert_eq!(current_epoch("cluster_state:fail\r\n"), None);
+    }
 }

@@ -183,8 +183,9 @@ impl Revocation {
     }
 
     async fn fetch(&self, session: Uuid, user: Uuid) -> Result<(bool, i64), Unavailable> {
-        // A new Redis master (Sentinel failover) may lack marks the old one acknowledged: ask
-        // PostgreSQL until the mirror is rebuilt, and never take an answer read across the change.
+        // A new Redis master (a Sentinel or Cluster failover) may lack marks the old one
+        // acknowledged: ask PostgreSQL until the mirror is rebuilt, and never take an answer
+        // read across the change.
         let generation = self.kv.generation();
         if self.master_seen.swap(generation, Ordering::AcqRel) != generation {
             tracing::warn!("Redis has a new master; asking PostgreSQL until the mirror is rebuilt");

@@ -197,6 +197,25 @@ async fn two_ushers_share_a_cluster_and_a_dead_master_never_lets_a_revoked_token
         per_node.iter().filter(|n| **n > 0).count() >= 2,
         "the marks should live on more than one shard: {per_node:?}"
     );
+    // A failover raises the cluster's epoch (raised by hand here): both ushers notice, and
+    // ask PostgreSQL until they have rebuilt the marks a promoted replica may lack.
+    let seen = [a.state.kv.generation(), b.state.kv.generation()];
+    for i in 0..3 {
+        let _: String = redis::cmd("CLUSTER")
+            .arg("BUMPEPOCH")
+            .query(&mut cluster.node(i).unwrap())
+            .unwrap();
+    }
+    let noticed = eventually(Duration::from_secs(5), || async {
+        a.state.kv.generation() > seen[0] && b.state.kv.generation() > seen[1]
+    })
+    .await;
+    assert!(noticed, "a new cluster epoch should be noticed");
+    for app in [&a, &b] {
+        assert_eq!(code(app, &out.access).await, "token_revoked");
+        assert_eq!(code(app, &promoted.access).await, "token_stale");
+    }
+
     let (hash, field) = mark(&prefix, "s", &sid);
     let victim = (0..3)
         .find(|i| cluster.holds(*i, &hash, &field))
