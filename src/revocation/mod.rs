@@ -2,9 +2,9 @@
 //! memory on the hot path and kept right across replicas.
 //!
 //! PostgreSQL is the truth (`sessions.revoked_at`, `users.roles_version`). Redis mirrors what
-//! matters for the lifetime of an access token in a few hashes, `marks:<0..16>` (named in `kv::keys`): field
-//! `s:<sid>` for an ended session, `u:<uid>` for a user's lowest acceptable roles version, and
-//! `synced` saying the hash is complete. Each replica keeps two moka caches in front, and a
+//! matters for the lifetime of an access token in a few hashes, `marks:<0..16>` (every key is
+//! named in `kv::keys`): field `s:<sid>` for an ended session, `u:<uid>` for a user's lowest
+//! acceptable roles version, and `synced` saying the hash is complete. Each replica keeps two moka caches in front, and a
 //! change feed (Redis pub/sub, see `feed`) writes every change into every replica's caches as
 //! it happens.
 //!
@@ -25,7 +25,6 @@
 //! change is made or retried, never on a check. On top of the caches, an epoch counter lets
 //! the hot path skip both lookups for a token it already found valid when nothing that could
 //! revoke it has happened since.
-
 //!
 //! Files: `cache` holds the two moka caches and when to believe them, `marks` the Redis
 //! mirror (reads, writes, rebuild, pruning), `mend` the queue of changes that did not reach

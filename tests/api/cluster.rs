@@ -25,20 +25,18 @@ impl Cluster {
     async fn start() -> Option<Cluster> {
         let mut cluster = Cluster {
             servers: Servers::new("cluster")?,
-            ports: (0..3).map(|_| free_port()).collect(),
+            ports: (0..3).map(|_| port_with_bus()).collect(),
         };
         let cli = tool("redis-cli", &[])?;
         let common = cluster.servers.common();
         for port in cluster.ports.clone() {
-            let (port, bus) = (port.to_string(), free_port().to_string());
+            let port = port.to_string();
             let conf = format!("nodes-{port}.conf");
             let mut args = vec![
                 "--port",
                 &port,
                 "--cluster-enabled",
                 "yes",
-                "--cluster-port",
-                &bus,
                 "--cluster-config-file",
                 &conf,
                 "--cluster-node-timeout",
@@ -131,6 +129,19 @@ impl Cluster {
                     .count()
             })
             .collect()
+    }
+}
+
+/// A free port whose cluster bus port (10000 above it, as every Redis version has it) is free
+/// too.
+fn port_with_bus() -> u16 {
+    loop {
+        let port = free_port();
+        if port <= u16::MAX - 10_000
+            && std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok()
+        {
+            return port;
+        }
     }
 }
 

@@ -64,8 +64,13 @@ fn kill(redis: &RedisServer, id: i64) {
 
 /// The Redis hash and field that hold the mark of a session (`s`) or user (`u`) `id`.
 pub fn mark(prefix: &str, kind: &str, id: &str) -> (String, String) {
-    let bucket = uuid::Uuid::parse_str(id).unwrap().as_bytes()[15] % 16;
-    (format!("{prefix}marks:{bucket}"), format!("{kind}:{id}"))
+    use usher::kv::keys;
+    let id = uuid::Uuid::parse_str(id).unwrap();
+    let field = match kind {
+        "s" => keys::session_mark(id),
+        _ => keys::roles_mark(id),
+    };
+    (format!("{prefix}{}", keys::marks(keys::bucket(id))), field)
 }
 
 /// Whether `app`'s Redis holds the mark of `id` in a hash that says it is complete.
