@@ -373,3 +373,36 @@ async fn a_roles_version_mark_never_goes_back() {
         .unwrap();
     assert!(value.starts_with("6 "), "{value}");
 }
+
+#[tokio::test]
+async fn an_unknown_feed_message_is_counted_and_changes_nothing() {
+    let a = TestApp::spawn().await;
+    let u = a.user().await;
+    let client = redis::Client::open(a.config.redis.url.expose()).unwrap();
+    let mut c = client.get_connection().unwrap();
+    let channel = format!("{}{}", a.config.redis.prefix, usher::kv::keys::FEED);
+    // A message from a newer version, and a revocation this version cannot read.
+    for message in ["z something new", &format!("s {} extra", u.id)] {
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg(&channel)
+            .arg(message)
+            .query(&mut c)
+            .unwrap();
+    }
+    let counted = eventually(Duration::from_secs(2), || async {
+        let text = a
+            .client
+            .get(a.internal_url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.contains("\nusher_feed_unknown_total 2\n")
+    })
+    .await;
+    assert!(counted, "both messages should be counted as unknown");
+    assert!(a.state.revocation.feed_is_up(), "the feed stays up");
+    assert_eq!(code(&a, &u.access).await, "ok");
+}
