@@ -390,16 +390,9 @@ async fn an_unknown_feed_message_is_counted_and_changes_nothing() {
             .unwrap();
     }
     let counted = eventually(Duration::from_secs(2), || async {
-        let text = a
-            .client
-            .get(a.internal_url("/metrics"))
-            .send()
+        crate::seams::metrics(&a)
             .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.contains("\nusher_feed_unknown_total 2\n")
+            .contains("\nusher_feed_unknown_total 2\n")
     })
     .await;
     assert!(counted, "both messages should be counted as unknown");
