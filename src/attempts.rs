@@ -10,6 +10,7 @@ use std::net::IpAddr;
 use uuid::Uuid;
 
 use crate::domain::DomainError;
+use crate::kv::keys;
 use crate::state::State;
 use crate::store::history::Origin;
 use crate::store::{self, users::canonical_email};
@@ -29,16 +30,8 @@ pub enum Subject<'a> {
 impl Subject<'_> {
     fn key(&self) -> String {
         match self {
-            Subject::Account(id) => format!("fail:u:{id}"),
-            Subject::Email(email) => {
-                let canonical = canonical_email(email);
-                let digest = ring::digest::digest(&ring::digest::SHA256, canonical.as_bytes());
-                let hex: String = digest.as_ref()[..16]
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect();
-                format!("fail:e:{hex}")
-            }
+            Subject::Account(id) => keys::account_failures(*id),
+            Subject::Email(email) => keys::email_failures(&canonical_email(email)),
         }
     }
 }
@@ -149,7 +142,7 @@ pub async fn per_ip(state: &State, origin: &Origin) -> Result<(), DomainError> {
     let Some(ip) = origin.ip.as_deref().filter(|_| limit > 0) else {
         return Ok(());
     };
-    let key = state.kv.key(format_args!("ip:{}", address_block(ip)));
+    let key = state.kv.key(keys::per_ip(&address_block(ip)));
     match count_in_redis(state, &key, PER_IP_WINDOW_SECS).await {
         Ok((count, ttl)) if count > limit => Err(DomainError::TooManyAttempts(ttl.max(1) as u64)),
         _ => Ok(()),

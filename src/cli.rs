@@ -187,7 +187,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let (pool, _) = app::migrated(&config).await?;
             let kid = crate::tokens::rotate(&pool, &config.tokens).await?;
-            announce(&config, "k").await;
+            announce(&config, crate::change::Change::Keys).await;
             println!("new signing key {kid}");
             Ok(())
         }
@@ -196,7 +196,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let (pool, _) = app::migrated(&config).await?;
             crate::tokens::retire(&pool, &kid).await?;
-            announce(&config, "k").await;
+            announce(&config, crate::change::Change::Keys).await;
             println!("signing key {kid} retired");
             Ok(())
         }
@@ -208,15 +208,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// Tells running replicas through the change feed (`c`: roles and grants, `k`: keys). When
-/// Redis cannot be reached they catch up by themselves: their feed is down too, and they
-/// poll PostgreSQL until it is back.
-async fn announce(config: &Config, what: &str) {
+/// Tells running replicas through the change feed. When Redis cannot be reached they catch
+/// up by themselves: their feed is down too, and they poll PostgreSQL until it is back.
+async fn announce(config: &Config, change: crate::change::Change) {
     if let Ok(kv) = crate::kv::Kv::new(&config.redis) {
         let mut pipe = redis::pipe();
         pipe.cmd("PUBLISH")
-            .arg(kv.key(crate::revocation::FEED))
-            .arg(what);
+            .arg(kv.key(crate::kv::keys::FEED))
+            .arg(change.encode());
         if let Err(e) = kv.run::<(i64,)>(&pipe).await {
             eprintln!(
                 "usher: running replicas were not told ({e}); they catch up when Redis is back"
@@ -230,7 +229,7 @@ async fn announce(config: &Config, what: &str) {
 /// go stale and a refresh shows the new roles.
 async fn tell_replicas(config: &Config, pool: &deadpool_postgres::Pool, changed: domain::Changed) {
     if changed.catalog {
-        announce(config, "c").await;
+        announce(config, crate::change::Change::Catalog).await;
     }
     if changed.users.is_empty() {
         return;

@@ -9,7 +9,9 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use tokio::sync::watch;
 
-use crate::revocation::FEED;
+use crate::change::Change;
+use crate::kv::keys;
+use crate::metrics::Metrics;
 use crate::state::State;
 
 /// First and longest wait between attempts to resubscribe.
@@ -18,7 +20,7 @@ const RETRY: (Duration, Duration) = (Duration::from_millis(250), Duration::from_
 /// Runs until `shutdown` flips to true. Retries back off exponentially, and an outage is
 /// logged once when it begins (and `change feed up` once when it ends), not at every retry.
 pub async fn run(state: Arc<State>, mut shutdown: watch::Receiver<bool>) {
-    let channel = state.kv.key(FEED);
+    let channel = state.kv.key(keys::FEED);
     let mut delay = RETRY.0;
     let mut said_down = false;
     loop {
@@ -49,7 +51,7 @@ pub async fn run(state: Arc<State>, mut shutdown: watch::Receiver<bool>) {
             _ = tokio::time::sleep(delay) => {}
             _ = shutdown.changed() => return,
         }
-        delay = (delay * 2).min(RETRY.1);
+        delay = backoff(delay);
     }
 }
 
@@ -97,12 +99,73 @@ async fn subscribe_and_listen(
 }
 
 async fn apply(state: &Arc<State>, payload: &str) -> anyhow::Result<()> {
-    match payload {
+    match read(payload, &state.metrics) {
         // If the snapshot cannot be reread, the feed is treated as down (and memory stops
         // vouching) until a new subscription has read it.
-        "c" => state.permissions.refresh(&state.db, true).await?,
-        "k" => state.reload_keys().await,
-        other => state.revocation.apply(other),
+        Some(Change::Catalog) => state.permissions.refresh(&state.db, true).await?,
+        Some(Change::Keys) => state.reload_keys().await,
+        Some(change) => state.revocation.apply(&change),
+        None => {}
     }
     Ok(())
+}
+
+/// The change a message carries. An unknown one (a newer replica's, or someone else's on
+/// this channel) is nothing this replica can act on, but it is logged and counted, not lost
+/// without a trace.
+fn read(payload: &str, metrics: &Metrics) -> Option<Change> {
+    match Change::decode(payload) {
+        Ok(change) => Some(change),
+        Err(unknown) => {
+            metrics.feed_unknown();
+            tracing::warn!(message = %unknown.0, "unknown change-feed message ignored");
+            None
+        }
+    }
+}
+
+/// The wait before the next attempt to resubscribe.
+fn backoff(delay: Duration) -> Duration {
+    (delay * 2).min(RETRY.1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_are_read_and_unknown_ones_counted() {
+        let metrics = Metrics::default();
+        let sid = uuid::Uuid::new_v4();
+        assert_eq!(
+            read(&Change::Session(sid).encode(), &metrics),
+            Some(Change::Session(sid))
+        );
+        assert_eq!(read("c", &metrics), Some(Change::Catalog));
+        assert_eq!(read("z 1", &metrics), None);
+        assert_eq!(read("s nobody", &metrics), None);
+        let text = metrics.render(&crate::metrics::Health {
+            cache_hits: 0,
+            cache_misses: 0,
+            pool_idle: 0,
+            pool_in_use: 0,
+            pool_max: 1,
+            readiness: "ready",
+            redis_up: true,
+            feed_up: true,
+            pending: 0,
+        });
+        assert!(text.contains("\nusher_feed_unknown_total 2\n"), "{text}");
+    }
+
+    #[test]
+    fn retries_back_off_to_a_ceiling() {
+        let mut delay = RETRY.0;
+        let mut waits = Vec::new();
+        for _ in 0..6 {
+            delay = backoff(delay);
+            waits.push(delay.as_millis());
+        }
+        assert_eq!(waits, [500, 1000, 2000, 2000, 2000, 2000]);
+    }
 }

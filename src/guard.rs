@@ -231,3 +231,129 @@ impl Guard {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::change::Change;
+    use crate::revocation::testing::revocation;
+
+    struct Setup {
+        guard: Guard,
+        tokens: Tokens,
+        revocation: Revocation,
+    }
+
+    fn setup() -> Setup {
+        let config = config::Config::default();
+        Setup {
+            guard: Guard::new(&config.cache, config.tokens.access_ttl.0),
+            tokens: Tokens::ephemeral(&config.tokens).unwrap(),
+            revocation: revocation(),
+        }
+    }
+
+    fn fast(s: &Setup, token: &str, now: i64) -> Option<Result<(Uuid, Uuid), TokenError>> {
+        s.guard
+            .fast(&s.revocation, token, now)
+            .map(|r| r.map(|p| (p.session, p.user)))
+    }
+
+    #[test]
+    fn a_remembered_validation_holds_for_its_epoch_and_its_time_only() {
+        let p = Principal::from(AccessClaims {
+            iss: "usher".into(),
+            sub: Uuid::new_v4(),
+            sid: Uuid::new_v4(),
+            jti: Uuid::new_v4(),
+            iat: 0,
+            nbf: 0,
+            exp: 1_000,
+            roles: vec!["user".into(), "critic".into()],
+            rv: 1,
+            typ: "access".into(),
+        });
+        assert_eq!(&p.headers.roles[..], b"user,critic");
+        assert!(!p.still_valid(0, 100, 5), "never checked");
+        // The feed was down: nothing to remember.
+        p.remember(None, 100);
+        assert!(!p.still_valid(0, 100, 5));
+        p.remember(Some(7), 100);
+        assert!(p.still_valid(7, 104, 5));
+        assert!(!p.still_valid(8, 104, 5), "something happened since");
+        assert!(!p.still_valid(7, 105, 5), "too long ago");
+    }
+
+    #[tokio::test]
+    async fn memory_answers_a_known_token_and_never_outlives_a_revocation() {
+        let s = setup();
+        let (user, session) = (Uuid::new_v4(), Uuid::new_v4());
+        let (token, claims) = s.tokens.issue(user, session, vec![], 2).unwrap();
+        let now = claims.iat;
+        assert!(fast(&s, &token, now).is_none(), "never verified");
+        // The slow path verifies and caches the token; PostgreSQL is unreachable here and
+        // Redis has no complete mirror: 503, never an allow.
+        let slow = s.guard.slow(&s.tokens, &s.revocation, &token).await;
+        assert!(matches!(slow, Err(Refused::Unavailable(_))), "{slow:?}");
+        assert!(fast(&s, &token, now).is_none(), "memory cannot tell yet");
+
+        // The states become known and the feed is up: answered from memory.
+        s.revocation.learn(session, user, false, 1);
+        assert!(fast(&s, &token, now).is_none(), "the feed is down");
+        s.revocation.set_feed_up(true);
+        assert_eq!(fast(&s, &token, now), Some(Ok((session, user))));
+        // Again, by the epoch shortcut; a revocation moves the epoch and is seen.
+        assert_eq!(fast(&s, &token, now), Some(Ok((session, user))));
+        s.revocation.apply(&Change::Session(session));
+        assert_eq!(fast(&s, &token, now), Some(Err(TokenError::Revoked)));
+        s.revocation.set_feed_up(false);
+        assert_eq!(
+            fast(&s, &token, now),
+            Some(Err(TokenError::Revoked)),
+            "revoked is believed with the feed down"
+        );
+        assert_eq!(
+            fast(&s, &token, claims.exp),
+            Some(Err(TokenError::Expired)),
+            "expiry comes first"
+        );
+        let (hits, misses) = s.guard.hit_counts();
+        assert_eq!((hits, misses), (5, 3));
+    }
+
+    #[tokio::test]
+    async fn newer_roles_make_a_token_stale_and_forget_all_empties_the_cache() {
+        let s = setup();
+        let (user, session) = (Uuid::new_v4(), Uuid::new_v4());
+        let (token, claims) = s.tokens.issue(user, session, vec![], 2).unwrap();
+        s.revocation.learn(session, user, false, 2);
+        s.revocation.set_feed_up(true);
+        let ok = s.guard.slow(&s.tokens, &s.revocation, &token).await;
+        assert_eq!(ok.unwrap().rv, 2);
+        assert_eq!(fast(&s, &token, claims.iat), Some(Ok((session, user))));
+        s.revocation.apply(&Change::Roles { user, rv: 3 });
+        assert_eq!(fast(&s, &token, claims.iat), Some(Err(TokenError::Stale)));
+        let stale = s.guard.slow(&s.tokens, &s.revocation, &token).await;
+        assert!(matches!(stale, Err(Refused::Token(TokenError::Stale))));
+        // A signing key retired: every token is verified again.
+        s.guard.forget_all();
+        assert!(fast(&s, &token, claims.iat).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_bad_signature_is_refused_and_not_cached() {
+        let s = setup();
+        let (token, claims) = s
+            .tokens
+            .issue(Uuid::new_v4(), Uuid::new_v4(), vec![], 1)
+            .unwrap();
+        // One character well inside the signature, changed.
+        let at = token.len() - 10;
+        let other = if &token[at..=at] == "A" { "B" } else { "A" };
+        let forged = format!("{}{other}{}", &token[..at], &token[at + 1..]);
+        let refused = s.guard.slow(&s.tokens, &s.revocation, &forged).await;
+        assert!(matches!(refused, Err(Refused::Token(TokenError::Invalid))));
+        assert!(fast(&s, &forged, claims.iat).is_none());
+    }
+}

@@ -21,9 +21,10 @@
 //! - `tokens` — JWT signing and verification, keys, JWKS, refresh tokens, `TokenError`.
 //! - `passwords` — Argon2id on a bounded blocking pool.
 //! - `revocation` — revoked sessions and roles versions: moka, Redis, PostgreSQL.
+//! - `change` — the messages of the change feed (`feed`).
 //! - `permissions` — the built-in `Permission`s, the catalog and the roles → permissions snapshot.
 //! - `routes` — the gateway route map: parse, validate, normalise, match, reload.
-//! - `kv` — the Redis handle.
+//! - `kv` — the Redis handle (standalone, Sentinel, Cluster); `kv::keys` names every key.
 //! - `metrics` — Prometheus counters and histograms.
 //! - `store` — PostgreSQL: pool, migrations, one file per table family; rows and typed
 //!   errors, nothing of HTTP or of the domain.
@@ -33,6 +34,7 @@
 
 pub mod app;
 pub mod attempts;
+pub mod change;
 pub mod cli;
 pub mod config;
 pub mod domain;

@@ -150,6 +150,8 @@ pub struct Metrics {
     logins: [AtomicU64; 3],
     /// Rows pruned by retention: sessions, refresh tokens, login history.
     pruned: [AtomicU64; 3],
+    /// Change-feed messages no replica of this version reads.
+    feed_unknown: AtomicU64,
 }
 
 /// How a login ended, for `usher_logins_total`.
@@ -177,6 +179,7 @@ impl Default for Metrics {
             check_latency: Histogram::default(),
             logins: Default::default(),
             pruned: Default::default(),
+            feed_unknown: AtomicU64::new(0),
         }
     }
 }
@@ -235,6 +238,11 @@ impl Metrics {
         {
             self.pruned[slot].fetch_add(n, Ordering::Relaxed);
         }
+    }
+
+    /// A change-feed message that was not understood.
+    pub fn feed_unknown(&self) {
+        self.feed_unknown.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A gateway check decided; `route` is the route map's label.
@@ -330,6 +338,13 @@ impl Metrics {
             "The change feed is subscribed.",
             "gauge",
             u64::from(health.feed_up),
+        );
+        gauge(
+            &mut out,
+            "usher_feed_unknown_total",
+            "Change-feed messages not understood (from a newer version, or not from usher), ignored.",
+            "counter",
+            self.feed_unknown.load(Ordering::Relaxed),
         );
         gauge(
             &mut out,

@@ -95,6 +95,7 @@ impl Config {
         copy.database.url = Secret::new(mask_url(self.database.url.expose()));
         copy.redis.url = Secret::new(mask_url(self.redis.url.expose()));
         copy.redis.sentinels = self.redis.sentinels.iter().map(|u| mask_url(u)).collect();
+        copy.redis.nodes = self.redis.nodes.iter().map(|u| mask_url(u)).collect();
         if copy.tokens.hs256_secret.is_some() {
             copy.tokens.hs256_secret = Some(Secret::new("***"));
         }

@@ -97,6 +97,10 @@ pub struct Redis {
     pub sentinels: Vec<String>,
     /// Sentinel mode: the name the sentinels monitor the master under.
     pub master_name: String,
+    /// Cluster mode: URLs of some of the cluster's nodes (a list, or one comma-separated
+    /// string); the others and the slot map are learnt from them.
+    #[serde(deserialize_with = "list_or_commas")]
+    pub nodes: Vec<String>,
 }
 
 impl Default for Redis {
@@ -109,6 +113,7 @@ impl Default for Redis {
             mode: RedisMode::Standalone,
             sentinels: Vec::new(),
             master_name: String::new(),
+            nodes: Vec::new(),
         }
     }
 }
@@ -123,6 +128,8 @@ pub enum RedisMode {
     /// The master the sentinels name, followed across failovers. `redis.url` still gives the
     /// database number, credentials and TLS for the master; its host is not used.
     Sentinel,
+    /// A Redis Cluster reached through `redis.nodes`; keys spread over its shards.
+    Cluster,
 }
 
 /// A list, or a comma-separated string (as environment variables give it).

@@ -64,6 +64,33 @@ fn legacy_variables_work() {
 }
 
 #[test]
+fn cluster_mode_needs_nodes_and_a_prefix_without_hash_tags() {
+    Jail::expect_with(|jail| {
+        jail.set_env("USHER_REDIS__MODE", "cluster");
+        let err = Config::load(None).unwrap_err().to_string();
+        assert!(err.contains("redis.nodes: required"), "{err}");
+        jail.set_env(
+            "USHER_REDIS__NODES",
+            "redis://n1:7000,redis://:sesame@n2:7001",
+        );
+        let c = Config::load(None)?;
+        assert_eq!(c.redis.mode, RedisMode::Cluster);
+        assert_eq!(
+            c.redis.nodes,
+            ["redis://n1:7000", "redis://:sesame@n2:7001"]
+        );
+        assert_eq!(
+            c.masked().redis.nodes,
+            ["redis://n1:7000", "redis://:***@n2:7001"]
+        );
+        jail.set_env("USHER_REDIS__PREFIX", "{usher}:");
+        let err = Config::load(None).unwrap_err().to_string();
+        assert!(err.contains("redis.prefix: no '{'"), "{err}");
+        Ok(())
+    });
+}
+
+#[test]
 fn sentinel_mode_takes_a_comma_separated_list_and_needs_a_master_name() {
     Jail::expect_with(|jail| {
         jail.set_env("USHER_REDIS__MODE", "sentinel");

@@ -58,6 +58,18 @@ impl Config {
                 problems.push("redis.master_name: required when redis.mode = \"sentinel\"".into());
             }
         }
+        if self.redis.mode == RedisMode::Cluster {
+            if self.redis.nodes.is_empty() {
+                problems.push("redis.nodes: required when redis.mode = \"cluster\"".into());
+            }
+            if self.redis.prefix.contains(['{', '}']) {
+                problems.push(
+                    "redis.prefix: no '{' or '}' when redis.mode = \"cluster\" \
+                     (a hash tag would put every key on one shard)"
+                        .into(),
+                );
+            }
+        }
         if problems.is_empty() {
             Ok(())
         } else {

@@ -80,7 +80,7 @@ impl Changed {
     /// Tells every replica (this one included) through `revocation`.
     pub async fn announce(&self, revocation: &Revocation) {
         if self.catalog {
-            revocation.announce("c").await;
+            revocation.announce(crate::change::Change::Catalog).await;
         }
         for (user, rv) in &self.users {
             revocation.roles_changed(*user, *rv).await;

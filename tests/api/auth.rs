@@ -556,7 +556,10 @@ async fn rotated_keys_keep_old_tokens_valid_and_jwks_lists_both() {
     let kid = usher::tokens::rotate(&app.state.db, &app.config.tokens)
         .await
         .unwrap();
-    app.state.revocation.announce("k").await;
+    app.state
+        .revocation
+        .announce(usher::change::Change::Keys)
+        .await;
     let listed = eventually(Duration::from_secs(2), || async {
         let jwks: Value = app.get_json("/.well-known/jwks.json", None).await;
         jwks["keys"].as_array().unwrap().len() == 2

@@ -105,7 +105,10 @@ async fn a_rotated_out_key_retires_by_itself_after_access_ttl_and_leeway() {
          update signing_keys set created_at = now() - interval '26 seconds' where kid = '{new}'"
     ))
     .await;
-    app.state.revocation.announce("k").await;
+    app.state
+        .revocation
+        .announce(usher::change::Change::Keys)
+        .await;
     let both = eventually(Duration::from_secs(2), || async {
         kids(&app).await.len() == 2
     })

@@ -12,13 +12,13 @@ use crate::users::{admin, put, role_id};
 /// The caches' time to live in these tests: after it, a replica asks Redis again.
 const STATE_TTL: u64 = 2;
 
-fn short_ttl(c: &mut usher::config::Config) {
+pub fn short_ttl(c: &mut usher::config::Config) {
     c.cache.state_ttl = Dur::secs(STATE_TTL);
 }
 
 /// Waits until every cached state of the test has expired (the condition under test is what
 /// a replica answers after that).
-async fn outlive_the_caches() {
+pub async fn outlive_the_caches() {
     tokio::time::sleep(Duration::from_secs(STATE_TTL) + Duration::from_millis(500)).await;
 }
 
@@ -64,8 +64,13 @@ fn kill(redis: &RedisServer, id: i64) {
 
 /// The Redis hash and field that hold the mark of a session (`s`) or user (`u`) `id`.
 pub fn mark(prefix: &str, kind: &str, id: &str) -> (String, String) {
-    let bucket = uuid::Uuid::parse_str(id).unwrap().as_bytes()[15] % 16;
-    (format!("{prefix}marks:{bucket}"), format!("{kind}:{id}"))
+    use usher::kv::keys;
+    let id = uuid::Uuid::parse_str(id).unwrap();
+    let field = match kind {
+        "s" => keys::session_mark(id),
+        _ => keys::roles_mark(id),
+    };
+    (format!("{prefix}{}", keys::marks(keys::bucket(id))), field)
 }
 
 /// Whether `app`'s Redis holds the mark of `id` in a hash that says it is complete.
@@ -82,12 +87,12 @@ fn marked(app: &TestApp, kind: &str, id: &str) -> bool {
     found.iter().all(Option::is_some)
 }
 
-async fn session_id(app: &TestApp, u: &Signed) -> String {
+pub async fn session_id(app: &TestApp, u: &Signed) -> String {
     let list: Value = app.get_json("/api/v1/auth/sessions", Some(&u.access)).await;
     list["items"][0]["id"].as_str().unwrap().to_owned()
 }
 
-async fn code(app: &TestApp, token: &str) -> String {
+pub async fn code(app: &TestApp, token: &str) -> String {
     let r = app.get("/api/v1/users/me", Some(token)).await;
     if r.status() == 200 {
         return "ok".into();
@@ -96,7 +101,7 @@ async fn code(app: &TestApp, token: &str) -> String {
 }
 
 /// Waits (bounded) until `app` answers `token` with `want`.
-async fn answers(app: &TestApp, token: &str, want: &str, within: Duration) -> bool {
+pub async fn answers(app: &TestApp, token: &str, want: &str, within: Duration) -> bool {
     eventually(within, || async { code(app, token).await == want }).await
 }
 
@@ -107,6 +112,18 @@ async fn spawn_on(redis: &RedisServer) -> TestApp {
         short_ttl(c);
     })
     .await
+}
+
+/// Creates the role `editor` (`films_manage`); its id.
+pub async fn editor_role(app: &TestApp, root: &Signed) -> String {
+    let editor: Value = app
+        .post_json(
+            "/api/v1/roles",
+            Some(&root.access),
+            json!({"name": "editor", "permissions": ["films_manage"]}),
+        )
+        .await;
+    editor["id"].as_str().unwrap().to_owned()
 }
 
 /// After a change made on `a` whose Redis write failed: `token` is refused with `want` by `a`
@@ -159,14 +176,7 @@ async fn a_role_change_survives_the_death_of_the_redis_command_connection() {
     let b = a.replica().await;
     let root = admin(&a).await;
     let u = a.user().await;
-    let editor: Value = a
-        .post_json(
-            "/api/v1/roles",
-            Some(&root.access),
-            json!({"name": "editor", "permissions": ["films_manage"]}),
-        )
-        .await;
-    let editor = editor["id"].as_str().unwrap().to_owned();
+    let editor = editor_role(&a, &root).await;
     for app in [&a, &b] {
         assert_eq!(code(app, &u.access).await, "ok");
     }
@@ -362,4 +372,30 @@ async fn a_roles_version_mark_never_goes_back() {
         .query(&mut c)
         .unwrap();
     assert!(value.starts_with("6 "), "{value}");
+}
+
+#[tokio::test]
+async fn an_unknown_feed_message_is_counted_and_changes_nothing() {
+    let a = TestApp::spawn().await;
+    let u = a.user().await;
+    let client = redis::Client::open(a.config.redis.url.expose()).unwrap();
+    let mut c = client.get_connection().unwrap();
+    let channel = format!("{}{}", a.config.redis.prefix, usher::kv::keys::FEED);
+    // A message from a newer version, and a revocation this version cannot read.
+    for message in ["z something new", &format!("s {} extra", u.id)] {
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg(&channel)
+            .arg(message)
+            .query(&mut c)
+            .unwrap();
+    }
+    let counted = eventually(Duration::from_secs(2), || async {
+        crate::seams::metrics(&a)
+            .await
+            .contains("\nusher_feed_unknown_total 2\n")
+    })
+    .await;
+    assert!(counted, "both messages should be counted as unknown");
+    assert!(a.state.revocation.feed_is_up(), "the feed stays up");
+    assert_eq!(code(&a, &u.access).await, "ok");
 }

@@ -9,17 +9,21 @@ use serde_json::{json, Value};
 
 use crate::helpers::{eventually, TestApp};
 
-/// The label sets of `/metrics`: every sample line without its value.
-async fn series(app: &TestApp) -> BTreeSet<String> {
-    let text = app
-        .client
+/// The text of `/metrics`.
+pub async fn metrics(app: &TestApp) -> String {
+    app.client
         .get(app.internal_url("/metrics"))
         .send()
         .await
         .unwrap()
         .text()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// The label sets of `/metrics`: every sample line without its value.
+async fn series(app: &TestApp) -> BTreeSet<String> {
+    let text = metrics(app).await;
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| l.rsplit_once(' ').map(|(name, _)| name.to_owned()))
