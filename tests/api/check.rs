@@ -888,7 +888,13 @@ async fn an_edited_route_map_takes_effect_and_its_new_permissions_join_the_catal
         "default_policy = \"allow\"\n[[route]]\npath = \"/x\"\nrequire = [\"nope\"]\n",
     )
     .unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let refused = eventually(Duration::from_secs(5), || async {
+        app.metrics()
+            .await
+            .contains("usher_route_map_reloads_total{outcome=\"refused\"} 1")
+    })
+    .await;
+    assert!(refused, "the broken edit should be looked at, and refused");
     let roles: serde_json::Value = app.get_json("/api/v1/roles", Some(&root.access)).await;
     let user_role = roles["items"]
         .as_array()

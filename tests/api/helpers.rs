@@ -145,6 +145,18 @@ impl TestApp {
         format!("http://{}{}", self.internal, path)
     }
 
+    /// The Prometheus text of the internal listener's `/metrics`.
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(self.internal_url("/metrics"))
+            .send()
+            .await
+            .expect("the internal listener should answer")
+            .text()
+            .await
+            .expect("a text body")
+    }
+
     /// Any request to the API listener.
     pub async fn request(
         &self,
