@@ -497,18 +497,43 @@ pub fn which(name: &str) -> String {
     name.to_owned()
 }
 
-/// A tool (on PATH, else the first of `candidates` that exists), or `None` after a notice when
-/// it is missing outside CI; with `CI=true` a missing tool fails the test.
+/// A tool (on PATH, else the first of `candidates` that exists). When it is missing the test
+/// fails, unless it is skipped on purpose: see [`missing`].
 pub fn tool(name: &str, candidates: &[std::path::PathBuf]) -> Option<std::path::PathBuf> {
     let found = std::iter::once(std::path::PathBuf::from(which(name)))
         .chain(candidates.iter().cloned())
         .find(|p| p.is_absolute() && p.is_file());
     if found.is_none() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "{name} is not installed, and CI=true (scripts/test installs it)"
-        );
-        eprintln!("NOTICE: {name} is not installed; skipping this check");
+        missing(name);
     }
     found
+}
+
+/// The variable that skips the tests needing `program` when it is missing: the gateways have
+/// their own, everything else (initdb, redis-server, openssl, kubernetes-validate...) shares one.
+pub fn skip_variable(program: &str) -> &'static str {
+    match program {
+        "envoy" | "nginx" | "traefik" => "USHER_SKIP_GATEWAYS",
+        _ => "USHER_SKIP_MISSING_TOOLS",
+    }
+}
+
+/// A test found `program` missing. It fails, so that a test that did
+/// not run never passes: always with `CI=true`, and elsewhere unless the program's
+/// [`skip_variable`] is `1`, in which case it says so and the caller returns.
+pub fn missing(program: &str) {
+    let skip = skip_variable(program);
+    let ci = std::env::var("CI").as_deref() == Ok("true");
+    let skipped = std::env::var(skip).as_deref() == Ok("1");
+    assert!(
+        skipped && !ci,
+        "{program} is not installed (bash .ci/install-gateways installs the gateways and \
+         kubernetes-validate); set {skip}=1 to skip the tests that need it{}",
+        if ci {
+            ", which CI=true does not allow"
+        } else {
+            ""
+        }
+    );
+    eprintln!("NOTICE: {program} is not installed and {skip}=1: skipping this test");
 }

@@ -3,8 +3,8 @@
 //! rendered by `gateway-config/render.sh`, in front of usher and a stub upstream that echoes the
 //! headers it receives.
 //!
-//! A missing gateway binary fails the test when `CI=true`; elsewhere the test says so and
-//! returns (`.ci/install-gateways` installs them).
+//! A missing gateway binary fails the test, unless `USHER_SKIP_GATEWAYS=1` (never with
+//! `CI=true`): then the test says so and returns (`.ci/install-gateways` installs them).
 
 mod configs;
 mod one_request;
@@ -28,7 +28,7 @@ use serde_json::{json, Value};
 
 use usher::routes::{normalize_path, RouteMap};
 
-use crate::helpers::{eventually, free_port, TestApp};
+use crate::helpers::{eventually, free_port, missing, TestApp};
 
 const CONFIG_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/gateway-config");
 
@@ -100,19 +100,15 @@ fn find_binary(name: &str) -> Option<PathBuf> {
     found
 }
 
-/// The gateway binary, or `None` (after a notice) when it is missing outside CI.
+/// The gateway binary, or `None` when it is missing and skipped on purpose
+/// (`USHER_SKIP_GATEWAYS=1`); otherwise a missing one fails the test.
 fn gateway_binary(kind: Kind) -> Option<PathBuf> {
     let name = kind.binary();
-    match find_binary(name) {
-        Some(path) => Some(path),
-        None if std::env::var("CI").as_deref() == Ok("true") => {
-            panic!("{name} is not installed, and CI=true: run .ci/install-gateways to install it")
-        }
-        None => {
-            eprintln!("NOTICE: {name} is not installed; skipping this gateway test (.ci/install-gateways installs it)");
-            None
-        }
+    let found = find_binary(name);
+    if found.is_none() {
+        missing(name);
     }
+    found
 }
 
 /// A running gateway: its own folder, its process group killed on drop.
