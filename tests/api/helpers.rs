@@ -76,15 +76,34 @@ impl TestApp {
     pub async fn spawn_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
         let mut config = test_config();
         adjust(&mut config);
+        let app = Self::start(config, true).await;
+        app.wait_for_feed().await;
+        app
+    }
+
+    /// Like [`TestApp::spawn_with`], for a configuration whose Redis does not answer: it does
+    /// not wait for the change feed.
+    pub async fn spawn_without_redis(adjust: impl FnOnce(&mut Config)) -> TestApp {
+        let mut config = test_config();
+        adjust(&mut config);
         Self::start(config, true).await
     }
 
     /// A second usher sharing this one's database and Redis key space (another replica).
     pub async fn replica(&self) -> TestApp {
+        self.replica_with(|_| {}).await
+    }
+
+    /// Another replica, its configuration (on ports of its own) changed by `adjust`: say fixed
+    /// ports, to stop it and start it again on them.
+    pub async fn replica_with(&self, adjust: impl FnOnce(&mut Config)) -> TestApp {
         let mut config = self.config.clone();
         config.listen.api = "127.0.0.1:0".parse().unwrap();
         config.listen.internal = "127.0.0.1:0".parse().unwrap();
-        Self::start(config, false).await
+        adjust(&mut config);
+        let app = Self::start(config, false).await;
+        app.wait_for_feed().await;
+        app
     }
 
     async fn start(config: Config, owner: bool) -> TestApp {
@@ -100,7 +119,7 @@ impl TestApp {
             .await
             .expect("usher should stop cleanly");
         });
-        let app = TestApp {
+        TestApp {
             config,
             api,
             internal,
@@ -112,28 +131,27 @@ impl TestApp {
             stop: Some(stop),
             task: Some(task),
             owner,
-        };
-        app.wait_for_feed().await;
-        app
-    }
-
-    /// Waits (bounded) until the change feed is subscribed, so replicas see each other.
-    pub async fn wait_for_feed(&self) {
-        for _ in 0..200 {
-            if self.state.revocation.feed_is_up() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
-    /// Stops usher and waits for it.
+    /// Waits (bounded) until the change feed is subscribed, so replicas see each other; panics
+    /// when it is not within 5 s.
+    pub async fn wait_for_feed(&self) {
+        let up = eventually(Duration::from_secs(5), || async {
+            self.state.revocation.feed_is_up()
+        })
+        .await;
+        assert!(up, "the change feed should be subscribed within 5 s");
+    }
+
+    /// Stops usher like SIGTERM does (drains, closes, finishes in-flight requests) and waits
+    /// for it to exit.
     pub async fn stop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
         if let Some(task) = self.task.take() {
-            let _ = task.await;
+            task.await.expect("usher should stop cleanly");
         }
     }
 

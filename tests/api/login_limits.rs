@@ -227,7 +227,7 @@ async fn concurrent_wrong_guesses_cannot_exceed_max_failures() {
 
 #[tokio::test]
 async fn concurrent_wrong_guesses_cannot_exceed_max_failures_without_redis() {
-    let app = TestApp::spawn_with(|c| {
+    let app = TestApp::spawn_without_redis(|c| {
         limited(c);
         // Nothing listens there: every count falls back to PostgreSQL.
         c.redis.url = Secret::new(format!("redis://127.0.0.1:{}/0", free_port()));

@@ -2,36 +2,6 @@
 
 use super::*;
 
-/// One usher on fixed ports, sharing a test's database and Redis: stopped (with its drain) and
-/// started again on the same ports, as a rolling restart does.
-struct Replica {
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Replica {
-    async fn start(config: &usher::config::Config) -> Replica {
-        let app = usher::app::Application::build(config.clone())
-            .await
-            .unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            app.run_until_stopped(async {
-                let _ = stopped.await;
-            })
-            .await
-            .unwrap();
-        });
-        Replica { stop, task }
-    }
-
-    /// Like SIGTERM: drains, closes, finishes in-flight requests; returns once it has exited.
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        self.task.await.unwrap();
-    }
-}
-
 /// Whether Envoy's active health checks see every listed `cluster::127.0.0.1:port` as healthy.
 async fn envoy_sees_healthy(client: &reqwest::Client, admin: u16, hosts: &[(&str, u16)]) -> bool {
     let Ok(r) = client
@@ -59,22 +29,18 @@ async fn a_rolling_restart_behind_envoy_loses_no_request() {
     grant(&app, "user", "films_read").await;
     let user = app.user().await;
     let (upstream, upstream_task) = stub_upstream().await;
-    let mut configs = Vec::new();
-    for _ in 0..2 {
-        let mut c = app.config.clone();
-        c.listen.api = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        c.listen.internal = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        c.listen.drain_delay = usher::config::Dur::secs(5);
-        configs.push(c);
-    }
-    let mut replicas = Vec::new();
-    for c in &configs {
-        replicas.push(Some(Replica::start(c).await));
-    }
-    let (api, internal): (Vec<u16>, Vec<u16>) = configs
-        .iter()
-        .map(|c| (c.listen.api.port(), c.listen.internal.port()))
-        .unzip();
+    // Two replicas on fixed ports, stopped (with their drain) and started again on the same
+    // ports, as a rolling restart does.
+    let (api, internal): (Vec<u16>, Vec<u16>) = (0..2).map(|_| (free_port(), free_port())).unzip();
+    let replica = |i: usize| {
+        let (api, internal) = (api[i], internal[i]);
+        app.replica_with(move |c| {
+            c.listen.api = format!("127.0.0.1:{api}").parse().unwrap();
+            c.listen.internal = format!("127.0.0.1:{internal}").parse().unwrap();
+            c.listen.drain_delay = usher::config::Dur::secs(5);
+        })
+    };
+    let mut replicas = vec![replica(0).await, replica(1).await];
     // The shipped config lists one replica; list both (each health-checked on its internal port).
     let two_replicas = |config: String| {
         let endpoint = |port: u16| {
@@ -140,9 +106,9 @@ async fn a_rolling_restart_behind_envoy_loses_no_request() {
     }
 
     // Restart each replica in turn, waiting for Envoy to see the new one before the next.
-    for i in 0..2 {
-        replicas[i].take().unwrap().stop().await;
-        replicas[i] = Some(Replica::start(&configs[i]).await);
+    for (i, running) in replicas.iter_mut().enumerate() {
+        running.stop().await;
+        *running = replica(i).await;
         assert!(
             eventually(Duration::from_secs(15), all_healthy).await,
             "Envoy never saw replica {i} back:\n{}",
@@ -165,7 +131,7 @@ async fn a_rolling_restart_behind_envoy_loses_no_request() {
     );
     assert!(ok > 100, "the stream ran ({ok} requests)");
     println!("rolling restart behind Envoy: {ok} requests, none failed");
-    for r in replicas.into_iter().flatten() {
+    for mut r in replicas {
         r.stop().await;
     }
     upstream_task.abort();
