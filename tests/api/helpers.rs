@@ -428,6 +428,108 @@ where
     }
 }
 
+/// The `usher` binary, without the variables of the old service a developer's shell may set.
+pub fn usher_command() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_usher"));
+    cmd.env_remove("DATABASE_URL")
+        .env_remove("REDIS_URL")
+        .env_remove("RUST_LOG");
+    cmd
+}
+
+/// `usher serve` as a child process on free ports, its stderr captured.
+pub struct Served {
+    child: Child,
+    pub api: u16,
+    pub internal: u16,
+    database: String,
+}
+
+impl Served {
+    pub fn start(env: &[(&str, &str)]) -> Served {
+        let config = test_config();
+        let (api, internal) = (free_port(), free_port());
+        let mut cmd = usher_command();
+        cmd.arg("serve")
+            .env("USHER_DATABASE__URL", config.database.url.expose())
+            .env("USHER_REDIS__PREFIX", &config.redis.prefix)
+            .env("USHER_ROUTES__FILE", &config.routes.file)
+            .env("USHER_LISTEN__API", format!("127.0.0.1:{api}"))
+            .env("USHER_LISTEN__INTERNAL", format!("127.0.0.1:{internal}"))
+            .env("USHER_PASSWORDS__MEMORY_KIB", "1024")
+            .env("USHER_PASSWORDS__ITERATIONS", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Served {
+            child: cmd.spawn().unwrap(),
+            api,
+            internal,
+            database: database_name(&config),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.api)
+    }
+
+    pub fn internal_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.internal)
+    }
+
+    pub async fn wait_ready(&self, client: &reqwest::Client) -> Value {
+        let url = self.internal_url("/readyz");
+        let ready = eventually(Duration::from_secs(30), || async {
+            status_of(client, &url).await == Some(200)
+        })
+        .await;
+        assert!(ready, "usher serve should become ready");
+        client
+            .get(self.internal_url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    pub fn sigterm(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits (bounded) for the exit; returns whether it succeeded, and stderr.
+    pub async fn wait_exit(mut self) -> (bool, String) {
+        let mut exited = None;
+        eventually(Duration::from_secs(30), || {
+            exited = self.child.try_wait().unwrap();
+            std::future::ready(exited.is_some())
+        })
+        .await;
+        let Some(status) = exited else {
+            let _ = self.child.kill();
+            panic!("usher did not exit after SIGTERM");
+        };
+        let mut stderr = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            std::io::Read::read_to_string(&mut e, &mut stderr).unwrap();
+        }
+        drop_database(&self.database).await;
+        (status.success(), stderr)
+    }
+}
+
+pub async fn status_of(client: &reqwest::Client, url: &str) -> Option<u16> {
+    let r = client.get(url).send().await.ok()?;
+    Some(r.status().as_u16())
+}
+
 /// A private redis-server on a free port, killed on drop: for Redis fault tests.
 pub struct RedisServer {
     pub port: u16,
