@@ -594,12 +594,33 @@ impl Drop for RedisServer {
     }
 }
 
+/// A port for a server a test starts as a child process (redis-server, PostgreSQL, a gateway,
+/// `usher serve`), which cannot be handed a bound listener.
+///
+/// Taking a port from `bind(0)` and closing it races: the kernel gives the same ephemeral range
+/// to every `bind(0)` (the in-process ushers of the other tests) and to the source port of
+/// every outgoing connection, so another test could take the port before the child binds it.
+/// These ports come from below that range instead, where neither lands; each is handed out once
+/// per test process, starting at an offset from the process id so that two test processes
+/// rarely meet, and only when nothing is bound to it at the moment.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOW: u32 = 10_000;
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    let span = ephemeral.saturating_sub(LOW).max(1_000);
+    let offset = std::process::id().wrapping_mul(7_919) % span;
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = u16::try_from(LOW + (offset + n) % span).expect("a port number");
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port below the ephemeral range");
 }
 
 /// Finds a binary on PATH (or the usual sbin folders).
