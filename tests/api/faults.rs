@@ -5,6 +5,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::helpers::{eventually, problem, PostgresOutage, RedisServer, TestApp};
+use crate::revocation::{marked, session_id};
 
 #[tokio::test]
 async fn logout_with_redis_down_is_recorded_honoured_and_mirrored_when_it_returns() {
@@ -99,15 +100,19 @@ async fn a_wiped_redis_is_rebuilt_from_postgres() {
     let url = redis.url();
     let a = TestApp::spawn_with(|c| c.redis.url = usher::config::Secret::new(url.clone())).await;
     let u = a.user().await;
+    let sid = session_id(&a, &u).await;
     assert_eq!(
         a.post("/api/v1/auth/logout", Some(&u.access), json!({}))
             .await
             .status(),
         204
     );
+    let logged_out = eventually(Duration::from_secs(5), || async { marked(&a, "s", &sid) }).await;
+    assert!(logged_out, "the logout should be marked in Redis");
     let client = redis::Client::open(url.as_str()).unwrap();
     let mut c = client.get_connection().unwrap();
     let _: () = redis::cmd("FLUSHALL").query(&mut c).unwrap();
+    assert!(!marked(&a, "s", &sid));
     // a replica that never saw the token must not believe the empty Redis
     let b = a.replica().await;
     assert_eq!(
@@ -116,6 +121,9 @@ async fn a_wiped_redis_is_rebuilt_from_postgres() {
             .1,
         "token_revoked"
     );
+    // and Redis itself holds the logout again, rebuilt from PostgreSQL
+    let rebuilt = eventually(Duration::from_secs(5), || async { marked(&a, "s", &sid) }).await;
+    assert!(rebuilt, "Redis should be rebuilt from PostgreSQL");
 }
 
 #[tokio::test]

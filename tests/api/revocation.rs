@@ -69,7 +69,7 @@ pub fn mark(prefix: &str, kind: &str, id: &str) -> (String, String) {
 }
 
 /// Whether `app`'s Redis holds the mark of `id` in a hash that says it is complete.
-fn marked(app: &TestApp, kind: &str, id: &str) -> bool {
+pub fn marked(app: &TestApp, kind: &str, id: &str) -> bool {
     let (hash, field) = mark(&app.config.redis.prefix, kind, id);
     let client = redis::Client::open(app.config.redis.url.expose()).unwrap();
     let mut c = client.get_connection().unwrap();
@@ -82,7 +82,7 @@ fn marked(app: &TestApp, kind: &str, id: &str) -> bool {
     found.iter().all(Option::is_some)
 }
 
-async fn session_id(app: &TestApp, u: &Signed) -> String {
+pub async fn session_id(app: &TestApp, u: &Signed) -> String {
     let list: Value = app.get_json("/api/v1/auth/sessions", Some(&u.access)).await;
     list["items"][0]["id"].as_str().unwrap().to_owned()
 }
