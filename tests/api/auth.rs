@@ -120,7 +120,10 @@ async fn wrong_password_and_unknown_email_look_the_same() {
     let u = app.user().await;
     let wrong = app.login(&u.email, "not the password").await;
     assert!(wrong.headers().get("www-authenticate").is_some());
+    let before = app.state.passwords.computed();
     let unknown = app.login("nobody@cinema.test", "not the password").await;
+    // The unknown e-mail cost one Argon2 verification too, against the dummy hash.
+    assert_eq!(app.state.passwords.computed(), before + 1);
     let (a, b) = (problem(wrong).await, problem(unknown).await);
     assert_eq!(a, (401, "invalid_credentials".into()));
     assert_eq!(a, b);
