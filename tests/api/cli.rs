@@ -5,15 +5,8 @@ use std::process::Stdio;
 use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
 
-use crate::helpers::{problem, TestApp};
+use crate::helpers::{problem, usher_for, Run, TestApp};
 use crate::users::relogin;
-
-/// Exit success, stdout, stderr.
-pub struct Run {
-    pub ok: bool,
-    pub stdout: String,
-    pub stderr: String,
-}
 
 /// Runs `usher superuser create --email <email>` against `app`'s database and Redis, with
 /// `stdin` on its standard input and the password variable set when `env_password` is.
@@ -226,27 +219,6 @@ async fn superuser_create_refuses_bad_input_with_a_message() {
     for email in ["short@cinema.test", "nopass@cinema.test"] {
         let r = app.login(email, "long enough pw").await;
         assert_eq!(problem(r).await, (401, "invalid_credentials".into()));
-    }
-}
-
-/// Runs `usher <args>` against `app`'s database and Redis.
-pub async fn usher_for(app: &TestApp, args: &[&str]) -> Run {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_usher"))
-        .args(args)
-        .env_remove("USHER_CONFIG")
-        .env_remove("DATABASE_URL")
-        .env_remove("REDIS_URL")
-        .env("USHER_DATABASE__URL", app.config.database.url.expose())
-        .env("USHER_REDIS__URL", app.config.redis.url.expose())
-        .env("USHER_REDIS__PREFIX", &app.config.redis.prefix)
-        .env("USHER_ROUTES__FILE", &app.config.routes.file)
-        .output()
-        .await
-        .expect("the usher binary runs");
-    Run {
-        ok: out.status.success(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
 

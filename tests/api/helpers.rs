@@ -259,6 +259,74 @@ impl TestApp {
         }
     }
 
+    /// A fresh user made a superuser the way an operator makes one (`usher superuser create
+    /// --promote-existing`), signed in again so that the token carries the role.
+    pub async fn superuser(&self) -> Signed {
+        let who = self.user().await;
+        let run = usher_for(
+            self,
+            &[
+                "superuser",
+                "create",
+                "--email",
+                &who.email,
+                "--promote-existing",
+            ],
+        )
+        .await;
+        assert!(run.ok, "superuser create: {}{}", run.stdout, run.stderr);
+        self.user_with_roles(&who).await
+    }
+
+    /// `who` signed in again: tokens that carry their current roles.
+    pub async fn user_with_roles(&self, who: &Signed) -> Signed {
+        let r = self.login(&who.email, &who.password).await;
+        assert_eq!(r.status(), StatusCode::OK, "login of {}", who.email);
+        let t: Value = r.json().await.unwrap();
+        Signed {
+            access: t["access_token"].as_str().unwrap().to_owned(),
+            refresh: t["refresh_token"].as_str().unwrap().to_owned(),
+            ..who.clone()
+        }
+    }
+
+    /// Grants `permission` to the role named `role` through the API, as a superuser: the way
+    /// an operator does, so the change reaches every replica over the feed.
+    pub async fn grant(&self, role: &str, permission: &str) {
+        self.change_grants(role, |grants| grants.push(permission.to_owned()))
+            .await;
+    }
+
+    /// Takes `permission` from the role named `role`, through the API like [`TestApp::grant`].
+    pub async fn revoke(&self, role: &str, permission: &str) {
+        self.change_grants(role, |grants| grants.retain(|p| p != permission))
+            .await;
+    }
+
+    async fn change_grants(&self, role: &str, change: impl FnOnce(&mut Vec<String>)) {
+        let root = self.superuser().await;
+        let roles = self.get_json("/api/v1/roles", Some(&root.access)).await;
+        let found = roles["items"]
+            .as_array()
+            .expect("a list of roles")
+            .iter()
+            .find(|r| r["name"] == role)
+            .unwrap_or_else(|| panic!("no role named {role}"));
+        let mut grants: Vec<String> =
+            serde_json::from_value(found["permissions"].clone()).expect("permission names");
+        change(&mut grants);
+        let id = found["id"].as_str().unwrap();
+        let r = self
+            .request(
+                Method::PATCH,
+                &format!("/api/v1/roles/{id}"),
+                Some(&root.access),
+                Some(json!({ "permissions": grants })),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::OK, "changing the grants of {role}");
+    }
+
     /// Runs SQL against this test's database.
     pub async fn sql(&self, statement: &str) {
         let db = self.state.db.get().await.unwrap();
@@ -425,6 +493,34 @@ where
             return false;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Exit success, stdout, stderr.
+pub struct Run {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `usher <args>` against `app`'s database and Redis.
+pub async fn usher_for(app: &TestApp, args: &[&str]) -> Run {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_usher"))
+        .args(args)
+        .env_remove("USHER_CONFIG")
+        .env_remove("DATABASE_URL")
+        .env_remove("REDIS_URL")
+        .env("USHER_DATABASE__URL", app.config.database.url.expose())
+        .env("USHER_REDIS__URL", app.config.redis.url.expose())
+        .env("USHER_REDIS__PREFIX", &app.config.redis.prefix)
+        .env("USHER_ROUTES__FILE", &app.config.routes.file)
+        .output()
+        .await
+        .expect("the usher binary runs");
+    Run {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
 

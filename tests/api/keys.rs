@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::cli::usher_for;
+use crate::helpers::usher_for;
 use crate::helpers::{eventually, problem, TestApp};
 
 async fn kids(app: &TestApp) -> Vec<String> {

@@ -50,16 +50,7 @@ async fn the_catalog_lists_builtin_and_service_permissions() {
         .await;
     assert_eq!(problem(r).await, (405, "method_not_allowed".into()));
     // without `permission_read`
-    app.sql(
-        "delete from role_permissions where permission = 'permission_read';
-         update catalog_version set version = version + 1",
-    )
-    .await;
-    app.state
-        .permissions
-        .refresh(&app.state.db, true)
-        .await
-        .unwrap();
+    app.revoke("user", "permission_read").await;
     let r = app.get("/api/v1/permissions", Some(&u.access)).await;
     assert_eq!(problem(r).await, (403, "forbidden".into()));
 }

@@ -7,26 +7,12 @@ use crate::helpers::{problem, strings, Signed, TestApp};
 
 /// A fresh user holding `superuser`, with a token that carries it.
 pub async fn admin(app: &TestApp) -> Signed {
-    let u = app.user().await;
-    app.sql(&format!(
-        "insert into user_roles (user_id, role_id)
-         select '{}', id from roles where name = 'superuser'",
-        u.id
-    ))
-    .await;
-    relogin(app, &u).await
+    app.superuser().await
 }
 
 /// Logs `u` in again: a token with their current roles.
 pub async fn relogin(app: &TestApp, u: &Signed) -> Signed {
-    let r = app.login(&u.email, &u.password).await;
-    assert_eq!(r.status(), StatusCode::OK, "login of {}", u.email);
-    let t: Value = r.json().await.unwrap();
-    Signed {
-        access: t["access_token"].as_str().unwrap().to_owned(),
-        refresh: t["refresh_token"].as_str().unwrap().to_owned(),
-        ..u.clone()
-    }
+    app.user_with_roles(u).await
 }
 
 /// The id of the role named `name`.

@@ -5,9 +5,9 @@ use super::*;
 #[tokio::test]
 async fn every_decision_in_every_request_shape() {
     let (app, _map) = spawn_with_map(MAP, |_| {}).await;
-    grant(&app, "non_registered", "films_read").await;
+    app.grant("non_registered", "films_read").await;
     let user = app.user().await;
-    let admin = superuser(&app).await;
+    let admin = app.superuser().await;
     let (u, a) = (Some(user.access.as_str()), Some(admin.access.as_str()));
 
     for shape in SHAPES {
@@ -144,7 +144,7 @@ async fn every_decision_in_every_request_shape() {
 #[tokio::test]
 async fn paths_and_hosts_upstreams_read_differently_are_refused() {
     let (app, _map) = spawn_with_map(MAP, |_| {}).await;
-    grant(&app, "user", "films_read").await;
+    app.grant("user", "films_read").await;
     let user = app.user().await;
     let u = Some(user.access.as_str());
     for shape in SHAPES {

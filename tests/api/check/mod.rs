@@ -14,7 +14,7 @@ use std::time::Duration;
 use usher::config::Dur;
 use usher::routes::RouteMap;
 
-use crate::helpers::{eventually, PostgresOutage, RedisServer, Signed, TestApp};
+use crate::helpers::{eventually, PostgresOutage, RedisServer, TestApp};
 
 /// Covers public, require, `require = []`, a host route, and a strict route that traversal
 /// attempts from the permissive film routes must end up on.
@@ -306,36 +306,6 @@ mod tempfile_path {
             let _ = std::fs::remove_file(&self.0);
         }
     }
-}
-
-async fn grant(app: &TestApp, role: &str, permission: &str) {
-    app.sql(&format!(
-        "insert into role_permissions (role_id, permission) select id, '{permission}' \
-         from roles where name = '{role}'; \
-         update catalog_version set version = version + 1;"
-    ))
-    .await;
-    app.state
-        .permissions
-        .refresh(&app.state.db, true)
-        .await
-        .unwrap();
-}
-
-/// A fresh user who also holds `superuser`, with a token that says so.
-async fn superuser(app: &TestApp) -> Signed {
-    let mut who = app.user().await;
-    app.sql(&format!(
-        "insert into user_roles (user_id, role_id) select '{}', id from roles \
-         where name = 'superuser'",
-        who.id
-    ))
-    .await;
-    let r = app.login(&who.email, &who.password).await;
-    assert_eq!(r.status(), 200);
-    let t: serde_json::Value = r.json().await.unwrap();
-    who.access = t["access_token"].as_str().unwrap().to_owned();
-    who
 }
 
 const HOST: &str = "cinema.local";

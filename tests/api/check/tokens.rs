@@ -60,23 +60,16 @@ async fn tokens_with_old_roles_are_401_token_stale() {
     let t = Some(user.access.as_str());
     let r = ask(&other, Shape::Traefik, "GET", HOST, "/api/v1/watchlist", t).await;
     assert_eq!(r.verdict(), (200, String::new()));
-    // What a role change does: bump the user's roles version, then tell every replica.
-    app.sql(&format!(
-        "update users set roles_version = roles_version + 1, roles_changed_at = now() \
-         where id = '{}'",
-        user.id
-    ))
+    // A role change through the API, on one replica: every replica must hear of it.
+    let root = app.superuser().await;
+    let role = crate::users::role_id(&app, &root.access, "superuser").await;
+    let r = crate::users::put(
+        &app,
+        &format!("/api/v1/users/{}/roles/{role}", user.id),
+        &root.access,
+    )
     .await;
-    let db = app.state.db.get().await.unwrap();
-    let row = db
-        .query_one(
-            "select roles_version from users where id::text = $1",
-            &[&user.id],
-        )
-        .await
-        .unwrap();
-    let uid = uuid::Uuid::parse_str(&user.id).unwrap();
-    app.state.revocation.roles_changed(uid, row.get(0)).await;
+    assert_eq!(r.status(), 204);
     for who in [&app, &other] {
         let stale = eventually(Duration::from_secs(1), || async {
             refusing_shapes(who, t, "token_stale").await == SHAPES.len()

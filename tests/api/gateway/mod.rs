@@ -285,20 +285,6 @@ async fn stub_upstream() -> (u16, tokio::task::JoinHandle<()>) {
     (port, task)
 }
 
-async fn grant(app: &TestApp, role: &str, permission: &str) {
-    app.sql(&format!(
-        "insert into role_permissions (role_id, permission) select id, '{permission}' \
-         from roles where name = '{role}'; \
-         update catalog_version set version = version + 1;"
-    ))
-    .await;
-    app.state
-        .permissions
-        .refresh(&app.state.db, true)
-        .await
-        .unwrap();
-}
-
 /// What the upstream received, or the gateway's refusal.
 async fn send(
     client: &reqwest::Client,

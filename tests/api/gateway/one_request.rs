@@ -70,8 +70,8 @@ async fn one_request(kind: Kind) {
     let map = map_with_admin_host();
     let file = map.clone();
     let app = TestApp::spawn_with(move |c| c.routes.file = file).await;
-    grant(&app, "non_registered", "films_read").await;
-    grant(&app, "user", "films_read").await;
+    app.grant("non_registered", "films_read").await;
+    app.grant("user", "films_read").await;
     let user = app.user().await;
     let (upstream, upstream_task) = stub_upstream().await;
     let Some(gateway) = Gateway::start(kind, &app, upstream).await else {

@@ -26,7 +26,7 @@ async fn a_rolling_restart_behind_envoy_loses_no_request() {
     };
     // The owner of the database and the Redis prefix; the two replicas behind Envoy share them.
     let app = TestApp::spawn().await;
-    grant(&app, "user", "films_read").await;
+    app.grant("user", "films_read").await;
     let user = app.user().await;
     let (upstream, upstream_task) = stub_upstream().await;
     // Two replicas on fixed ports, stopped (with their drain) and started again on the same

@@ -7,8 +7,8 @@ async fn through(kind: Kind) {
     let routes = route_map_with_a_public_route();
     let file = routes.clone();
     let mut app = TestApp::spawn_with(move |c| c.routes.file = file).await;
-    grant(&app, "non_registered", "films_read").await;
-    grant(&app, "user", "films_watch").await;
+    app.grant("non_registered", "films_read").await;
+    app.grant("user", "films_watch").await;
     let user = app.user().await;
     let (upstream, upstream_task) = stub_upstream().await;
     let Some(gateway) = Gateway::start(kind, &app, upstream).await else {
