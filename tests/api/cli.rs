@@ -5,7 +5,7 @@ use std::process::Stdio;
 use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
 
-use crate::helpers::{problem, usher_for, Run, TestApp};
+use crate::helpers::{problem, usher_command_for, usher_for, Run, TestApp};
 use crate::users::relogin;
 
 /// Runs `usher superuser create --email <email>` against `app`'s database and Redis, with
@@ -30,18 +30,11 @@ async fn superuser_create_with(
     stdin: &str,
     env: &[(&str, &str)],
 ) -> Run {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_usher"));
+    let mut cmd = usher_command_for(app);
     cmd.args(["superuser", "create"])
         .args(args)
-        .env_remove("USHER_CONFIG")
-        .env_remove("DATABASE_URL")
-        .env_remove("REDIS_URL")
         .env_remove("USHER_SUPERUSER_PASSWORD")
         .env_remove("USHER_SUPERUSER_PASSWORD_FILE")
-        .env("USHER_DATABASE__URL", app.config.database.url.expose())
-        .env("USHER_REDIS__URL", app.config.redis.url.expose())
-        .env("USHER_REDIS__PREFIX", &app.config.redis.prefix)
-        .env("USHER_ROUTES__FILE", &app.config.routes.file)
         .env("USHER_PASSWORDS__MEMORY_KIB", "1024")
         .env("USHER_PASSWORDS__ITERATIONS", "1")
         .stdin(Stdio::piped())
@@ -53,12 +46,7 @@ async fn superuser_create_with(
     // The command may exit without reading (an existing user needs no password).
     let _ = input.write_all(stdin.as_bytes()).await;
     drop(input);
-    let out = child.wait_with_output().await.unwrap();
-    Run {
-        ok: out.status.success(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    child.wait_with_output().await.unwrap().into()
 }
 
 /// Logs in and checks the account holds `superuser` and every permission of the catalog.

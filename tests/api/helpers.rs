@@ -503,25 +503,38 @@ pub struct Run {
     pub stderr: String,
 }
 
-/// Runs `usher <args>` against `app`'s database and Redis.
-pub async fn usher_for(app: &TestApp, args: &[&str]) -> Run {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_usher"))
-        .args(args)
-        .env_remove("USHER_CONFIG")
+impl From<std::process::Output> for Run {
+    fn from(out: std::process::Output) -> Run {
+        Run {
+            ok: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
+/// The `usher` binary set up for `app`'s database, Redis key space and route map, and nothing
+/// from the developer's shell.
+pub fn usher_command_for(app: &TestApp) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_usher"));
+    cmd.env_remove("USHER_CONFIG")
         .env_remove("DATABASE_URL")
         .env_remove("REDIS_URL")
         .env("USHER_DATABASE__URL", app.config.database.url.expose())
         .env("USHER_REDIS__URL", app.config.redis.url.expose())
         .env("USHER_REDIS__PREFIX", &app.config.redis.prefix)
-        .env("USHER_ROUTES__FILE", &app.config.routes.file)
+        .env("USHER_ROUTES__FILE", &app.config.routes.file);
+    cmd
+}
+
+/// Runs `usher <args>` against `app`'s database and Redis.
+pub async fn usher_for(app: &TestApp, args: &[&str]) -> Run {
+    usher_command_for(app)
+        .args(args)
         .output()
         .await
-        .expect("the usher binary runs");
-    Run {
-        ok: out.status.success(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+        .expect("the usher binary runs")
+        .into()
 }
 
 /// The `usher` binary, without the variables of the old service a developer's shell may set.
