@@ -174,7 +174,7 @@ async fn superuser_create_promotes_an_existing_user_only_when_asked() {
     assert!(run.stdout.contains("is now a superuser"), "{}", run.stdout);
     // the running usher hears of it: the old token carries old roles
     let stale = || async {
-        let r = app.get("/api/v1/users/me", Some(&u.access)).await;
+        let r = app.me(&u.access).await;
         r.status() == 401 && problem(r).await.1 == "token_stale"
     };
     assert!(crate::helpers::eventually(std::time::Duration::from_secs(1), stale).await);

@@ -237,6 +237,79 @@ impl TestApp {
         .await
     }
 
+    // One method per endpoint, answering the response as it came; `request` stays for the odd
+    // paths and bodies of the bad-input tests.
+
+    /// `POST /api/v1/auth/refresh`.
+    pub async fn refresh(&self, refresh_token: &str) -> Response {
+        self.post(
+            "/api/v1/auth/refresh",
+            None,
+            json!({ "refresh_token": refresh_token }),
+        )
+        .await
+    }
+
+    /// `POST /api/v1/auth/logout`.
+    pub async fn logout(&self, token: &str) -> Response {
+        self.post("/api/v1/auth/logout", Some(token), json!({}))
+            .await
+    }
+
+    /// `POST /api/v1/auth/logout-all`.
+    pub async fn logout_all(&self, token: &str) -> Response {
+        self.post("/api/v1/auth/logout-all", Some(token), json!({}))
+            .await
+    }
+
+    /// `GET /api/v1/auth/sessions`.
+    pub async fn sessions(&self, token: &str) -> Response {
+        self.get("/api/v1/auth/sessions", Some(token)).await
+    }
+
+    /// `GET /api/v1/auth/history`.
+    pub async fn login_history(&self, token: &str) -> Response {
+        self.get("/api/v1/auth/history", Some(token)).await
+    }
+
+    /// `GET /api/v1/users/me`.
+    pub async fn me(&self, token: &str) -> Response {
+        self.get("/api/v1/users/me", Some(token)).await
+    }
+
+    /// `GET /api/v1/users/{id}`.
+    pub async fn user_by_id(&self, token: &str, id: &str) -> Response {
+        self.get(&format!("/api/v1/users/{id}"), Some(token)).await
+    }
+
+    /// `GET /api/v1/users/{id}/roles`.
+    pub async fn user_roles(&self, token: &str, id: &str) -> Response {
+        self.get(&format!("/api/v1/users/{id}/roles"), Some(token))
+            .await
+    }
+
+    /// `PUT /api/v1/users/{id}/roles/{role}`.
+    pub async fn give_role(&self, token: &str, id: &str, role: &str) -> Response {
+        let path = format!("/api/v1/users/{id}/roles/{role}");
+        self.request(Method::PUT, &path, Some(token), None).await
+    }
+
+    /// `DELETE /api/v1/users/{id}/roles/{role}`.
+    pub async fn take_role(&self, token: &str, id: &str, role: &str) -> Response {
+        let path = format!("/api/v1/users/{id}/roles/{role}");
+        self.request(Method::DELETE, &path, Some(token), None).await
+    }
+
+    /// `GET /api/v1/roles`.
+    pub async fn roles(&self, token: &str) -> Response {
+        self.get("/api/v1/roles", Some(token)).await
+    }
+
+    /// `GET /api/v1/permissions`.
+    pub async fn permissions(&self, token: &str) -> Response {
+        self.get("/api/v1/permissions", Some(token)).await
+    }
+
     /// Registers and logs in a fresh user; returns (user id, access token, refresh token).
     pub async fn user(&self) -> Signed {
         let email = format!("{}@cinema.test", uuid::Uuid::new_v4().simple());

@@ -59,10 +59,7 @@ async fn redis_down_is_degraded_not_unready() {
     );
     // and usher keeps serving
     assert_eq!(app.login(&u.email, &u.password).await.status(), 200);
-    assert_eq!(
-        app.get("/api/v1/users/me", Some(&u.access)).await.status(),
-        200
-    );
+    assert_eq!(app.me(&u.access).await.status(), 200);
 }
 
 fn healthcheck(internal: &str) -> Output {
@@ -395,17 +392,8 @@ async fn retention_prunes_expired_sessions_and_old_history_in_batches() {
         history_before - 3
     );
     // the live session still works, refresh included
-    assert_eq!(
-        app.get("/api/v1/users/me", Some(&u.access)).await.status(),
-        200
-    );
-    let r = app
-        .post(
-            "/api/v1/auth/refresh",
-            None,
-            json!({"refresh_token": u.refresh}),
-        )
-        .await;
+    assert_eq!(app.me(&u.access).await.status(), 200);
+    let r = app.refresh(&u.refresh).await;
     assert_eq!(r.status(), 200);
     let (_, metrics) = internal_get(&app, "/metrics").await;
     for needle in [

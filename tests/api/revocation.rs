@@ -88,7 +88,7 @@ pub async fn session_id(app: &TestApp, u: &Signed) -> String {
 }
 
 async fn code(app: &TestApp, token: &str) -> String {
-    let r = app.get("/api/v1/users/me", Some(token)).await;
+    let r = app.me(token).await;
     if r.status() == 200 {
         return "ok".into();
     }
@@ -144,9 +144,7 @@ async fn a_logout_survives_the_death_of_the_redis_command_connection() {
     let sid = session_id(&a, &u).await;
 
     kill(&redis, conn);
-    let r = a
-        .post("/api/v1/auth/logout", Some(&u.access), json!({}))
-        .await;
+    let r = a.logout(&u.access).await;
     assert_eq!(r.status(), 204);
     refused_for_good(&a, &b, &u.access, "token_revoked", ("s", &sid)).await;
 }
@@ -205,9 +203,7 @@ async fn redis_losing_its_marks_does_not_bring_a_revoked_token_back() {
     let changed = a.user().await;
     let fine = a.user().await;
     let sid = session_id(&a, &ended).await;
-    let r = a
-        .post("/api/v1/auth/logout", Some(&ended.access), json!({}))
-        .await;
+    let r = a.logout(&ended.access).await;
     assert_eq!(r.status(), 204);
     let superuser = role_id(&a, &root.access, "superuser").await;
     let r = put(
@@ -276,9 +272,7 @@ async fn a_logout_redis_has_no_memory_for_is_never_taken_for_valid() {
         .unwrap();
 
     // The mark cannot be stored (OOM, noeviction); the announcement still goes out.
-    let r = a
-        .post("/api/v1/auth/logout", Some(&u.access), json!({}))
-        .await;
+    let r = a.logout(&u.access).await;
     assert_eq!(r.status(), 204);
     for app in [&a, &b] {
         assert!(answers(app, &u.access, "token_revoked", Duration::from_secs(1)).await);
@@ -320,9 +314,7 @@ async fn expired_marks_are_pruned_and_live_ones_kept() {
     let app = TestApp::spawn().await;
     let u = app.user().await;
     let sid = session_id(&app, &u).await;
-    let r = app
-        .post("/api/v1/auth/logout", Some(&u.access), json!({}))
-        .await;
+    let r = app.logout(&u.access).await;
     assert_eq!(r.status(), 204);
     assert!(marked(&app, "s", &sid));
     let old = uuid::Uuid::new_v4().to_string();
