@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use usher::config::{Dur, Secret};
 
 use crate::helpers::{eventually, problem, RedisServer, Signed, TestApp};
-use crate::users::{admin, put, role_id};
+use crate::users::{admin, role_id};
 
 /// The caches' time to live in these tests: after it, a replica asks Redis again.
 const STATE_TTL: u64 = 2;
@@ -170,12 +170,7 @@ async fn a_role_change_survives_the_death_of_the_redis_command_connection() {
     }
 
     kill(&redis, conn);
-    let r = put(
-        &a,
-        &format!("/api/v1/users/{}/roles/{editor}", u.id),
-        &root.access,
-    )
-    .await;
+    let r = a.give_role(&root.access, &u.id, &editor).await;
     assert_eq!(r.status(), 204);
     refused_for_good(&a, &b, &u.access, "token_stale", ("u", &u.id)).await;
 }
@@ -206,12 +201,7 @@ async fn redis_losing_its_marks_does_not_bring_a_revoked_token_back() {
     let r = a.logout(&ended.access).await;
     assert_eq!(r.status(), 204);
     let superuser = role_id(&a, &root.access, "superuser").await;
-    let r = put(
-        &a,
-        &format!("/api/v1/users/{}/roles/{superuser}", changed.id),
-        &root.access,
-    )
-    .await;
+    let r = a.give_role(&root.access, &changed.id, &superuser).await;
     assert_eq!(r.status(), 204);
     let refusals = [
         (&ended.access, "token_revoked"),

@@ -63,12 +63,7 @@ async fn tokens_with_old_roles_are_401_token_stale() {
     // A role change through the API, on one replica: every replica must hear of it.
     let root = app.superuser().await;
     let role = crate::users::role_id(&app, &root.access, "superuser").await;
-    let r = crate::users::put(
-        &app,
-        &format!("/api/v1/users/{}/roles/{role}", user.id),
-        &root.access,
-    )
-    .await;
+    let r = app.give_role(&root.access, &user.id, &role).await;
     assert_eq!(r.status(), 204);
     for who in [&app, &other] {
         let stale = eventually(Duration::from_secs(1), || async {
