@@ -188,7 +188,12 @@ impl Application {
             state.config.routes.file.clone(),
             builtin,
             state.routes.clone(),
-            move |map| {
+            move |reload| {
+                let crate::routes::Reload::Loaded(map) = reload else {
+                    state.metrics.route_reload(false);
+                    return;
+                };
+                state.metrics.route_reload(true);
                 let state = state.clone();
                 let declared = map.service_permissions().to_vec();
                 tokio::spawn(async move {

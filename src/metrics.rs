@@ -152,6 +152,8 @@ pub struct Metrics {
     pruned: [AtomicU64; 3],
     /// Change-feed messages no replica of this version reads.
     feed_unknown: AtomicU64,
+    /// Route map reloads: loaded, refused.
+    route_reloads: [AtomicU64; 2],
 }
 
 /// How a login ended, for `usher_logins_total`.
@@ -167,6 +169,7 @@ pub enum LoginOutcome {
 
 const LOGIN_OUTCOMES: [&str; 3] = ["success", "failure", "lockout"];
 const PRUNED_TABLES: [&str; 3] = ["sessions", "refresh_tokens", "login_history"];
+const RELOAD_OUTCOMES: [&str; 2] = ["loaded", "refused"];
 /// The states `/readyz` reports, in the order of `usher_readiness`.
 pub const READINESS: [&str; 4] = ["ready", "degraded", "draining", "unready"];
 
@@ -180,6 +183,7 @@ impl Default for Metrics {
             logins: Default::default(),
             pruned: Default::default(),
             feed_unknown: AtomicU64::new(0),
+            route_reloads: Default::default(),
         }
     }
 }
@@ -243,6 +247,11 @@ impl Metrics {
     /// A change-feed message that was not understood.
     pub fn feed_unknown(&self) {
         self.feed_unknown.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The route map file changed (or SIGHUP): `loaded` tells whether the new map is in force.
+    pub fn route_reload(&self, loaded: bool) {
+        self.route_reloads[usize::from(!loaded)].fetch_add(1, Ordering::Relaxed);
     }
 
     /// A gateway check decided; `route` is the route map's label.
@@ -386,24 +395,48 @@ impl Metrics {
              usher_db_pool_max_connections {}",
             health.pool_idle, health.pool_in_use, health.pool_max
         );
-        out.push_str(
-            "# HELP usher_logins_total Logins by outcome.\n# TYPE usher_logins_total counter\n",
+        counters(
+            out,
+            ("usher_logins_total", "Logins by outcome."),
+            "outcome",
+            &LOGIN_OUTCOMES,
+            &self.logins,
         );
-        for (slot, outcome) in LOGIN_OUTCOMES.iter().enumerate() {
-            let n = self.logins[slot].load(Ordering::Relaxed);
-            let _ = writeln!(out, "usher_logins_total{{outcome=\"{outcome}\"}} {n}");
-        }
-        out.push_str(
-            "# HELP usher_retention_pruned_rows_total Rows deleted by retention, by table.\n\
-             # TYPE usher_retention_pruned_rows_total counter\n",
+        counters(
+            out,
+            (
+                "usher_retention_pruned_rows_total",
+                "Rows deleted by retention, by table.",
+            ),
+            "table",
+            &PRUNED_TABLES,
+            &self.pruned,
         );
-        for (slot, table) in PRUNED_TABLES.iter().enumerate() {
-            let n = self.pruned[slot].load(Ordering::Relaxed);
-            let _ = writeln!(
-                out,
-                "usher_retention_pruned_rows_total{{table=\"{table}\"}} {n}"
-            );
-        }
+        counters(
+            out,
+            (
+                "usher_route_map_reloads_total",
+                "Route map reloads by outcome.",
+            ),
+            "outcome",
+            &RELOAD_OUTCOMES,
+            &self.route_reloads,
+        );
+    }
+}
+
+/// One counter per value of a fixed label: `name{label="value"} n`.
+fn counters(
+    out: &mut String,
+    (name, help): (&str, &str),
+    label: &str,
+    values: &[&str],
+    counts: &[AtomicU64],
+) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+    for (value, count) in values.iter().zip(counts) {
+        let n = count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}{{{label}=\"{value}\"}} {n}");
     }
 }
 

@@ -118,9 +118,10 @@ impl Tokens {
         let alg = jwt_alg(cfg.algorithm);
         let mut validation = Validation::new(alg);
         validation.algorithms = vec![alg];
-        // No leeway on `exp`; `iat`/`nbf` get theirs in `verify` (the library's one leeway
-        // would stretch both).
+        // `exp`, `iat` and `nbf` are judged in `verify_at`, against the time it is given: no
+        // leeway on `exp`, `iat`/`nbf` get theirs (the library's one leeway would stretch both).
         validation.leeway = 0;
+        validation.validate_exp = false;
         validation.validate_nbf = false;
         validation.set_issuer(&[cfg.issuer.as_str()]);
         validation.set_required_spec_claims(&["exp", "nbf", "iss", "sub"]);
@@ -181,12 +182,17 @@ impl Tokens {
 
     /// Verifies signature, algorithm, issuer, time and type. Revocation is not its business.
     pub fn verify(&self, token: &str) -> Result<AccessClaims, TokenError> {
+        self.verify_at(token, chrono::Utc::now().timestamp())
+    }
+
+    /// [`Tokens::verify`] at the time `now` (Unix seconds): expiry, `iat`, `nbf` and key
+    /// retirement are judged against it, so a test passes a time instead of waiting for one.
+    pub fn verify_at(&self, token: &str, now: i64) -> Result<AccessClaims, TokenError> {
         if token.len() > MAX_TOKEN_LEN {
             return Err(TokenError::Invalid);
         }
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Invalid)?;
         let keys = self.keys.load();
-        let now = chrono::Utc::now().timestamp();
         let key = header
             .kid
             .as_deref()
@@ -194,11 +200,12 @@ impl Tokens {
             .filter(|k| k.retires_at.is_none_or(|at| now < at))
             .ok_or(TokenError::Invalid)?;
         let data = jsonwebtoken::decode::<AccessClaims>(token, &key.key, &self.validation)
-            .map_err(|e| match e.kind() {
-                jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
-                _ => TokenError::Invalid,
-            })?;
+            .map_err(|_| TokenError::Invalid)?;
         let c = data.claims;
+        // Valid through the second `exp` names, as the library judges it.
+        if c.exp < now {
+            return Err(TokenError::Expired);
+        }
         if c.typ != "access" || c.nbf > now + LEEWAY_SECS || c.iat > now + LEEWAY_SECS {
             return Err(TokenError::Invalid);
         }
@@ -534,6 +541,25 @@ mod tests {
         assert_eq!(t.verify(&future), Err(TokenError::Invalid));
         let refresh_typed = sign_raw(&t, &h, &claims_json(now, now + 60, "refresh"));
         assert_eq!(t.verify(&refresh_typed), Err(TokenError::Invalid));
+    }
+
+    #[test]
+    fn a_token_expires_after_the_second_its_exp_names() {
+        let t = ed();
+        let (token, claims) = t.issue(Uuid::new_v4(), Uuid::new_v4(), vec![], 0).unwrap();
+        assert_eq!(claims.exp - claims.iat, 60);
+        assert!(t.verify_at(&token, claims.iat).is_ok());
+        assert!(t.verify_at(&token, claims.exp).is_ok());
+        assert_eq!(
+            t.verify_at(&token, claims.exp + 1),
+            Err(TokenError::Expired)
+        );
+        // and it was not valid before it was issued, beyond the leeway for clock skew
+        assert!(t.verify_at(&token, claims.iat - LEEWAY_SECS).is_ok());
+        assert_eq!(
+            t.verify_at(&token, claims.iat - LEEWAY_SECS - 1),
+            Err(TokenError::Invalid)
+        );
     }
 
     #[test]

@@ -55,9 +55,9 @@ struct RawRoute {
     require: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
-pub(super) struct Fault {
-    pub(super) line: Option<usize>,
-    pub(super) message: String,
+struct Fault {
+    line: Option<usize>,
+    message: String,
 }
 
 /// Maps byte offsets of the file to 1-based line numbers.
@@ -81,15 +81,50 @@ impl Lines<'_> {
     }
 }
 
-pub(super) fn compile(text: &str, builtin: &[&str]) -> Result<RouteMap, Fault> {
+/// The file, step by step: parse the TOML, check the declared permissions, then compile each
+/// route and place it in its host's trie. The first fault stops it.
+fn compile(text: &str, builtin: &[&str]) -> Result<RouteMap, Fault> {
     let lines = Lines(text);
-    let raw: RawMap = toml::from_str(text).map_err(|e| Fault {
+    let raw = parse_toml(text, &lines)?;
+    let service_permissions = declared_permissions(&raw.permissions, builtin, &lines)?;
+    // One shared name per permission, so a reload-stable Arc can be compared cheaply.
+    let known: Vec<Arc<str>> = builtin
+        .iter()
+        .copied()
+        .chain(service_permissions.iter().map(|(n, _)| n.as_str()))
+        .map(Arc::from)
+        .collect();
+
+    let mut map = RouteMap {
+        default_policy: raw.default_policy.unwrap_or(DefaultPolicy::Deny),
+        service_permissions,
+        routes: Vec::with_capacity(raw.route.len()),
+        hosts: Vec::new(),
+        any_host: Node::default(),
+    };
+    for raw_route in &raw.route {
+        let (route, segments) = compile_route(raw_route, &known, &lines)?;
+        place(&mut map, route, &segments)?;
+    }
+    Ok(map)
+}
+
+/// Step 1: the TOML, into the shape of the file.
+fn parse_toml(text: &str, lines: &Lines<'_>) -> Result<RawMap, Fault> {
+    toml::from_str(text).map_err(|e| Fault {
         line: e.span().map(|span| lines.at(span.start)),
         message: e.message().trim_end().to_owned(),
-    })?;
+    })
+}
 
-    let mut service_permissions = Vec::with_capacity(raw.permissions.len());
-    for (name, description) in &raw.permissions {
+/// Step 2: the `[permissions]` table: well-formed names, none of them built in.
+fn declared_permissions(
+    declared: &BTreeMap<Spanned<String>, Spanned<String>>,
+    builtin: &[&str],
+    lines: &Lines<'_>,
+) -> Result<Vec<(String, String)>, Fault> {
+    let mut service_permissions = Vec::with_capacity(declared.len());
+    for (name, description) in declared {
         let n = name.get_ref();
         if n.is_empty()
             || n.len() > 64
@@ -110,146 +145,149 @@ pub(super) fn compile(text: &str, builtin: &[&str]) -> Result<RouteMap, Fault> {
         }
         service_permissions.push((n.clone(), description.get_ref().clone()));
     }
-    // One shared name per permission, so a reload-stable Arc can be compared cheaply.
-    let known: Vec<Arc<str>> = builtin
-        .iter()
-        .copied()
-        .chain(service_permissions.iter().map(|(n, _)| n.as_str()))
-        .map(Arc::from)
-        .collect();
+    Ok(service_permissions)
+}
 
-    let mut map = RouteMap {
-        default_policy: raw.default_policy.unwrap_or(DefaultPolicy::Deny),
-        service_permissions,
-        routes: Vec::with_capacity(raw.route.len()),
-        hosts: Vec::new(),
-        any_host: Node::default(),
+/// Step 3: one `[[route]]`: its rule, host, methods and path pattern.
+fn compile_route<'t>(
+    raw_route: &'t Spanned<RawRoute>,
+    known: &[Arc<str>],
+    lines: &Lines<'_>,
+) -> Result<(Route, Vec<Segment<'t>>), Fault> {
+    let line = lines.at(raw_route.span().start);
+    let r = raw_route.get_ref();
+    let rule = route_rule(r, line, known, lines)?;
+    let host = match &r.host {
+        None => None,
+        Some(host) => Some(check_host(host.get_ref()).map_err(|m| lines.fault(host, m))?),
     };
+    let methods = match &r.methods {
+        None => None,
+        Some(methods) => Some(route_methods(methods, lines)?),
+    };
+    let path = r.path.get_ref();
+    let segments = parse_pattern(path).map_err(|m| lines.fault(&r.path, m))?;
+    let label: Box<str> = match &host {
+        Some(host) => format!("{host}{path}").into(),
+        None => path.as_str().into(),
+    };
+    let route = Route {
+        line,
+        host,
+        methods,
+        label,
+        path_len: path.len(),
+        rule,
+    };
+    Ok((route, segments))
+}
 
-    for raw_route in &raw.route {
-        let line = lines.at(raw_route.span().start);
-        let r = raw_route.get_ref();
-
-        let rule = match (r.public.as_ref().map(|p| *p.get_ref()), &r.require) {
-            (Some(true), Some(require)) => {
-                return Err(lines.fault(
-                    require,
-                    "a route is either `public = true` or has `require = [...]`, not both",
-                ))
-            }
-            (Some(true), None) => Rule::Public,
-            (_, Some(require)) => {
-                let mut perms: Vec<Arc<str>> = Vec::with_capacity(require.get_ref().len());
-                for perm in require.get_ref() {
-                    let Some(known) = known.iter().find(|k| ***k == **perm.get_ref()) else {
-                        return Err(lines.fault(
-                            perm,
-                            format!(
-                                "unknown permission `{}`: neither built in nor declared under [permissions]",
-                                perm.get_ref()
-                            ),
-                        ));
-                    };
-                    if !perms.contains(known) {
-                        perms.push(known.clone());
-                    }
-                }
-                Rule::Require(perms.into())
-            }
-            (_, None) => {
-                return Err(Fault {
-                    line: Some(line),
-                    message: "a route needs `public = true` or `require = [...]` \
-                              (`require = []` for any signed-in user)"
-                        .to_owned(),
-                })
-            }
-        };
-
-        let host = match &r.host {
-            None => None,
-            Some(host) => Some(check_host(host.get_ref()).map_err(|m| lines.fault(host, m))?),
-        };
-
-        let methods = match &r.methods {
-            None => None,
-            Some(methods) => {
-                if methods.get_ref().is_empty() {
+/// `public = true`, or `require = [...]` of known permissions (each once).
+fn route_rule(
+    r: &RawRoute,
+    line: usize,
+    known: &[Arc<str>],
+    lines: &Lines<'_>,
+) -> Result<Rule, Fault> {
+    match (r.public.as_ref().map(|p| *p.get_ref()), &r.require) {
+        (Some(true), Some(require)) => Err(lines.fault(
+            require,
+            "a route is either `public = true` or has `require = [...]`, not both",
+        )),
+        (Some(true), None) => Ok(Rule::Public),
+        (_, Some(require)) => {
+            let mut perms: Vec<Arc<str>> = Vec::with_capacity(require.get_ref().len());
+            for perm in require.get_ref() {
+                let Some(known) = known.iter().find(|k| ***k == **perm.get_ref()) else {
                     return Err(lines.fault(
-                        methods,
-                        "`methods = []` matches nothing; leave `methods` out to match every method",
+                        perm,
+                        format!(
+                            "unknown permission `{}`: neither built in nor declared under [permissions]",
+                            perm.get_ref()
+                        ),
                     ));
-                }
-                let mut names: Vec<Box<str>> = Vec::new();
-                for method in methods.get_ref() {
-                    let m = method.get_ref();
-                    if m.is_empty()
-                        || !m
-                            .bytes()
-                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-                    {
-                        return Err(lines.fault(method, format!("`{m}` is not an HTTP method")));
-                    }
-                    let upper: Box<str> = m.to_ascii_uppercase().into();
-                    if !names.contains(&upper) {
-                        names.push(upper);
-                    }
-                }
-                Some(names.into_boxed_slice())
-            }
-        };
-
-        let path = r.path.get_ref();
-        let segments = parse_pattern(path).map_err(|m| lines.fault(&r.path, m))?;
-
-        let index = u32::try_from(map.routes.len()).map_err(|_| Fault {
-            line: Some(line),
-            message: "too many routes".to_owned(),
-        })?;
-        let label: Box<str> = match &host {
-            Some(host) => format!("{host}{path}").into(),
-            None => path.as_str().into(),
-        };
-        let route = Route {
-            line,
-            host,
-            methods,
-            label,
-            path_len: path.len(),
-            rule,
-        };
-
-        let root = match &route.host {
-            None => &mut map.any_host,
-            Some(host) => {
-                let i = match map.hosts.iter().position(|(h, _)| h == host) {
-                    Some(i) => i,
-                    None => {
-                        map.hosts.push((host.clone(), Node::default()));
-                        map.hosts.len() - 1
-                    }
                 };
-                &mut map.hosts[i].1
+                if !perms.contains(known) {
+                    perms.push(known.clone());
+                }
             }
-        };
-        let slot = insert(root, &segments);
-        if let Some(&other) = slot
-            .iter()
-            .find(|&&other| methods_overlap(&map.routes[other as usize].methods, &route.methods))
-        {
-            let other = &map.routes[other as usize];
-            return Err(Fault {
-                line: Some(line),
-                message: format!(
-                    "route `{}` duplicates the route on line {} (same host, path and method)",
-                    route.label, other.line
-                ),
-            });
+            Ok(Rule::Require(perms.into()))
         }
-        slot.push(index);
-        map.routes.push(route);
+        (_, None) => Err(Fault {
+            line: Some(line),
+            message: "a route needs `public = true` or `require = [...]` \
+                      (`require = []` for any signed-in user)"
+                .to_owned(),
+        }),
     }
-    Ok(map)
+}
+
+/// A non-empty list of method names, upper-cased, each once.
+fn route_methods(
+    methods: &Spanned<Vec<Spanned<String>>>,
+    lines: &Lines<'_>,
+) -> Result<Box<[Box<str>]>, Fault> {
+    if methods.get_ref().is_empty() {
+        return Err(lines.fault(
+            methods,
+            "`methods = []` matches nothing; leave `methods` out to match every method",
+        ));
+    }
+    let mut names: Vec<Box<str>> = Vec::new();
+    for method in methods.get_ref() {
+        let m = method.get_ref();
+        if m.is_empty()
+            || !m
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(lines.fault(method, format!("`{m}` is not an HTTP method")));
+        }
+        let upper: Box<str> = m.to_ascii_uppercase().into();
+        if !names.contains(&upper) {
+            names.push(upper);
+        }
+    }
+    Ok(names.into_boxed_slice())
+}
+
+/// Step 4: the route into its host's trie, refusing a second route with the same host, path
+/// and an overlapping method.
+fn place(map: &mut RouteMap, route: Route, segments: &[Segment<'_>]) -> Result<(), Fault> {
+    let index = u32::try_from(map.routes.len()).map_err(|_| Fault {
+        line: Some(route.line),
+        message: "too many routes".to_owned(),
+    })?;
+    let root = match &route.host {
+        None => &mut map.any_host,
+        Some(host) => {
+            let i = match map.hosts.iter().position(|(h, _)| h == host) {
+                Some(i) => i,
+                None => {
+                    map.hosts.push((host.clone(), Node::default()));
+                    map.hosts.len() - 1
+                }
+            };
+            &mut map.hosts[i].1
+        }
+    };
+    let slot = insert(root, segments);
+    if let Some(&other) = slot
+        .iter()
+        .find(|&&other| methods_overlap(&map.routes[other as usize].methods, &route.methods))
+    {
+        let other = &map.routes[other as usize];
+        return Err(Fault {
+            line: Some(route.line),
+            message: format!(
+                "route `{}` duplicates the route on line {} (same host, path and method)",
+                route.label, other.line
+            ),
+        });
+    }
+    slot.push(index);
+    map.routes.push(route);
+    Ok(())
 }
 
 fn methods_overlap(a: &Option<Box<[Box<str>]>>, b: &Option<Box<[Box<str>]>>) -> bool {

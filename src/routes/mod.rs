@@ -59,7 +59,7 @@ use serde::Deserialize;
 
 pub use map::RouteMap;
 pub use normalize::{normalize_path, parse_host};
-pub use reload::spawn_reloader;
+pub use reload::{spawn_reloader, Reload};
 
 /// What a request that no route matches needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -1,5 +1,4 @@
 use std::borrow::Cow;
-use std::time::Duration;
 
 use super::*;
 
@@ -473,83 +472,4 @@ fn example_route_map_is_valid() {
         needs(&map, None, "GET", "/api/v1/films/../../v2/secret").requirement,
         Requirement::Deny
     );
-}
-
-#[tokio::test]
-async fn reloader_swaps_good_maps_and_keeps_the_old_on_bad_ones() {
-    let dir = std::env::temp_dir().join(format!("usher-reload-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("routes.toml");
-    std::fs::write(&file, "default_policy = \"deny\"\n").unwrap();
-    let map = RouteMap::load(&file, BUILTIN).unwrap();
-    let current = Arc::new(arc_swap::ArcSwap::from_pointee(map));
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let task = spawn_reloader(
-        file.clone(),
-        BUILTIN.iter().map(|s| s.to_string()).collect(),
-        current.clone(),
-        move |map| {
-            let _ = tx.send(map.default_policy());
-        },
-    );
-    // A bad file (and a different length, so the stamp changes) is refused.
-    std::fs::write(&file, "default_policy = \"allow\"\nbogus = 1\n").unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert!(rx.try_recv().is_err());
-    assert_eq!(current.load().default_policy(), DefaultPolicy::Deny);
-
-    std::fs::write(&file, "default_policy = \"allow\"\n").unwrap();
-    let got = tokio::time::timeout(Duration::from_secs(5), rx.recv())
-        .await
-        .unwrap();
-    assert_eq!(got, Some(DefaultPolicy::Allow));
-    assert_eq!(current.load().default_policy(), DefaultPolicy::Allow);
-    task.abort();
-    std::fs::remove_dir_all(&dir).unwrap();
-}
-
-#[tokio::test]
-async fn sighup_reloads_even_when_the_file_looks_unchanged() {
-    let dir = std::env::temp_dir().join(format!("usher-hup-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("routes.toml");
-    std::fs::write(&file, "default_policy = \"deny\" \n").unwrap();
-    let stamp = std::fs::metadata(&file).unwrap().modified().unwrap();
-    let current = Arc::new(arc_swap::ArcSwap::from_pointee(
-        RouteMap::load(&file, BUILTIN).unwrap(),
-    ));
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let task = spawn_reloader(
-        file.clone(),
-        BUILTIN.iter().map(|s| s.to_string()).collect(),
-        current.clone(),
-        move |map| {
-            let _ = tx.send(map.default_policy());
-        },
-    );
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    // Same length, same modification time: only a SIGHUP can tell usher to look again.
-    std::fs::write(&file, "default_policy = \"allow\"\n").unwrap();
-    std::fs::File::options()
-        .write(true)
-        .open(&file)
-        .unwrap()
-        .set_modified(stamp)
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert!(
-        rx.try_recv().is_err(),
-        "the poller should not have seen a change"
-    );
-    let status = std::process::Command::new("kill")
-        .args(["-HUP", &std::process::id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let got = tokio::time::timeout(Duration::from_secs(5), rx.recv())
-        .await
-        .unwrap();
-    assert_eq!(got, Some(DefaultPolicy::Allow));
-    task.abort();
-    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -120,7 +120,10 @@ async fn wrong_password_and_unknown_email_look_the_same() {
     let u = app.user().await;
     let wrong = app.login(&u.email, "not the password").await;
     assert!(wrong.headers().get("www-authenticate").is_some());
+    let before = app.state.passwords.computed();
     let unknown = app.login("nobody@cinema.test", "not the password").await;
+    // The unknown e-mail cost one Argon2 verification too, against the dummy hash.
+    assert_eq!(app.state.passwords.computed(), before + 1);
     let (a, b) = (problem(wrong).await, problem(unknown).await);
     assert_eq!(a, (401, "invalid_credentials".into()));
     assert_eq!(a, b);
@@ -170,13 +173,7 @@ async fn refresh_rotates_and_the_old_token_is_reuse_after_grace() {
     let app =
         TestApp::spawn_with(|c| c.tokens.refresh_grace = usher::config::Dur::millis(300)).await;
     let u = app.user().await;
-    let r = app
-        .post(
-            "/api/v1/auth/refresh",
-            None,
-            json!({"refresh_token": u.refresh}),
-        )
-        .await;
+    let r = app.refresh(&u.refresh).await;
     assert_eq!(r.status(), 200);
     let t: Value = r.json().await.unwrap();
     let (access2, refresh2) = (
@@ -184,36 +181,19 @@ async fn refresh_rotates_and_the_old_token_is_reuse_after_grace() {
         t["refresh_token"].as_str().unwrap().to_owned(),
     );
     assert_ne!(refresh2, u.refresh);
-    assert_eq!(
-        app.get("/api/v1/users/me", Some(&access2)).await.status(),
-        200
-    );
+    assert_eq!(app.me(&access2).await.status(), 200);
     tokio::time::sleep(Duration::from_millis(400)).await;
     // replay of the used token after the grace window: theft, the session ends
-    let replay = app
-        .post(
-            "/api/v1/auth/refresh",
-            None,
-            json!({"refresh_token": u.refresh}),
-        )
-        .await;
+    let replay = app.refresh(&u.refresh).await;
     assert_eq!(problem(replay).await, (401, "refresh_token_reused".into()));
-    let (status, code) = problem(
-        app.post(
-            "/api/v1/auth/refresh",
-            None,
-            json!({"refresh_token": refresh2}),
-        )
-        .await,
-    )
-    .await;
+    let (status, code) = problem(app.refresh(&refresh2).await).await;
     assert_eq!(status, 401, "{code}");
     assert_eq!(
-        problem(app.get("/api/v1/users/me", Some(&access2)).await).await,
+        problem(app.me(&access2).await).await,
         (401, "token_revoked".into())
     );
     assert_eq!(
-        problem(app.get("/api/v1/users/me", Some(&u.access)).await).await,
+        problem(app.me(&u.access).await).await,
         (401, "token_revoked".into())
     );
 }
@@ -231,13 +211,7 @@ async fn concurrent_refreshes_within_grace_both_succeed() {
     let (a, b): (Value, Value) = (a.json().await.unwrap(), b.json().await.unwrap());
     // whichever the client keeps goes on working
     for t in [a, b] {
-        let next = app
-            .post(
-                "/api/v1/auth/refresh",
-                None,
-                json!({"refresh_token": t["refresh_token"]}),
-            )
-            .await;
+        let next = app.refresh(t["refresh_token"].as_str().unwrap()).await;
         assert_eq!(next.status(), 200);
     }
 }
@@ -246,13 +220,7 @@ async fn concurrent_refreshes_within_grace_both_succeed() {
 async fn unknown_refresh_tokens_are_refused() {
     let app = TestApp::spawn().await;
     for token in ["", "nonsense", &"x".repeat(5000)] {
-        let r = app
-            .post(
-                "/api/v1/auth/refresh",
-                None,
-                json!({"refresh_token": token}),
-            )
-            .await;
+        let r = app.refresh(token).await;
         assert_eq!(problem(r).await, (401, "invalid_token".into()));
     }
 }
@@ -261,17 +229,14 @@ async fn unknown_refresh_tokens_are_refused() {
 async fn access_tokens_expire() {
     let app = TestApp::spawn_with(|c| c.tokens.access_ttl = usher::config::Dur::secs(1)).await;
     let u = app.user().await;
-    assert_eq!(
-        app.get("/api/v1/users/me", Some(&u.access)).await.status(),
-        200
-    );
+    assert_eq!(app.me(&u.access).await.status(), 200);
     let expired = eventually(Duration::from_secs(4), || async {
-        app.get("/api/v1/users/me", Some(&u.access)).await.status() == 401
+        app.me(&u.access).await.status() == 401
     })
     .await;
     assert!(expired);
     assert_eq!(
-        problem(app.get("/api/v1/users/me", Some(&u.access)).await).await,
+        problem(app.me(&u.access).await).await,
         (401, "token_expired".into())
     );
     // the refresh token still works and gives a fresh access token
@@ -298,13 +263,7 @@ async fn refresh_tokens_expire_with_their_session() {
     let app = TestApp::spawn_with(|c| c.tokens.refresh_ttl = usher::config::Dur::secs(1)).await;
     let u = app.user().await;
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    let r = app
-        .post(
-            "/api/v1/auth/refresh",
-            None,
-            json!({"refresh_token": u.refresh}),
-        )
-        .await;
+    let r = app.refresh(&u.refresh).await;
     assert_eq!(problem(r).await.0, 401);
 }
 
@@ -314,30 +273,14 @@ async fn logout_ends_this_session_only() {
     let u = app.user().await;
     let second: Value = app.login(&u.email, &u.password).await.json().await.unwrap();
     let other_access = second["access_token"].as_str().unwrap();
+    assert_eq!(app.logout(&u.access).await.status(), 204);
     assert_eq!(
-        app.post("/api/v1/auth/logout", Some(&u.access), json!({}))
-            .await
-            .status(),
-        204
-    );
-    assert_eq!(
-        problem(app.get("/api/v1/users/me", Some(&u.access)).await).await,
+        problem(app.me(&u.access).await).await,
         (401, "token_revoked".into())
     );
-    let r = app
-        .post(
-            "/api/v1/auth/refresh",
-            None,
-            json!({"refresh_token": u.refresh}),
-        )
-        .await;
+    let r = app.refresh(&u.refresh).await;
     assert_eq!(problem(r).await.0, 401);
-    assert_eq!(
-        app.get("/api/v1/users/me", Some(other_access))
-            .await
-            .status(),
-        200
-    );
+    assert_eq!(app.me(other_access).await.status(), 200);
 }
 
 #[tokio::test]
@@ -345,25 +288,14 @@ async fn logout_all_ends_every_session() {
     let app = TestApp::spawn().await;
     let u = app.user().await;
     let second: Value = app.login(&u.email, &u.password).await.json().await.unwrap();
-    assert_eq!(
-        app.post("/api/v1/auth/logout-all", Some(&u.access), json!({}))
-            .await
-            .status(),
-        204
-    );
+    assert_eq!(app.logout_all(&u.access).await.status(), 204);
     for token in [u.access.as_str(), second["access_token"].as_str().unwrap()] {
         assert_eq!(
-            problem(app.get("/api/v1/users/me", Some(token)).await).await,
+            problem(app.me(token).await).await,
             (401, "token_revoked".into())
         );
     }
-    let r = app
-        .post(
-            "/api/v1/auth/refresh",
-            None,
-            json!({"refresh_token": second["refresh_token"]}),
-        )
-        .await;
+    let r = app.refresh(second["refresh_token"].as_str().unwrap()).await;
     assert_eq!(problem(r).await.0, 401);
     // logging in again works
     assert_eq!(app.login(&u.email, &u.password).await.status(), 200);
@@ -433,12 +365,7 @@ async fn sessions_are_listed_and_ended_one_by_one() {
             .await;
         assert_eq!(problem(r).await, (404, "not_found".into()), "{id}");
     }
-    assert_eq!(
-        app.get("/api/v1/users/me", Some(&stranger.access))
-            .await
-            .status(),
-        200
-    );
+    assert_eq!(app.me(&stranger.access).await.status(), 200);
 }
 
 #[tokio::test]
@@ -479,8 +406,7 @@ async fn history_records_events_newest_first_with_pages() {
         .await;
     assert_eq!(problem(bad).await, (422, "validation_failed".into()));
     // logout is recorded as logout, not login
-    app.post("/api/v1/auth/logout", Some(&access), json!({}))
-        .await;
+    app.logout(&access).await;
     let again: Value = app.login(&u.email, &u.password).await.json().await.unwrap();
     let page: Value = app
         .get_json(
@@ -511,7 +437,7 @@ async fn endpoints_need_a_token() {
             "{method} {path}"
         );
     }
-    let r = app.get("/api/v1/users/me", Some("garbage")).await;
+    let r = app.me("garbage").await;
     assert_eq!(
         r.headers()["www-authenticate"],
         "Bearer error=\"invalid_token\""
@@ -525,22 +451,11 @@ async fn logout_on_one_replica_is_refused_by_another_within_a_second() {
     let b = a.replica().await;
     let u = a.user().await;
     // b has verified and cached the token
-    assert_eq!(
-        b.get("/api/v1/users/me", Some(&u.access)).await.status(),
-        200
-    );
-    assert_eq!(
-        b.get("/api/v1/users/me", Some(&u.access)).await.status(),
-        200
-    );
-    assert_eq!(
-        a.post("/api/v1/auth/logout", Some(&u.access), json!({}))
-            .await
-            .status(),
-        204
-    );
+    assert_eq!(b.me(&u.access).await.status(), 200);
+    assert_eq!(b.me(&u.access).await.status(), 200);
+    assert_eq!(a.logout(&u.access).await.status(), 204);
     let refused = eventually(Duration::from_secs(1), || async {
-        b.get("/api/v1/users/me", Some(&u.access)).await.status() == 401
+        b.me(&u.access).await.status() == 401
     })
     .await;
     assert!(
@@ -566,10 +481,7 @@ async fn rotated_keys_keep_old_tokens_valid_and_jwks_lists_both() {
     })
     .await;
     assert!(listed);
-    assert_eq!(
-        app.get("/api/v1/users/me", Some(&u.access)).await.status(),
-        200
-    );
+    assert_eq!(app.me(&u.access).await.status(), 200);
     let fresh: Value = app.login(&u.email, &u.password).await.json().await.unwrap();
     let header = jsonwebtoken::decode_header(fresh["access_token"].as_str().unwrap()).unwrap();
     assert_eq!(header.kid.unwrap(), kid);
@@ -587,10 +499,7 @@ async fn hs256_can_be_selected() {
     let u = app.user().await;
     let header = jsonwebtoken::decode_header(&u.access).unwrap();
     assert_eq!(header.alg, jsonwebtoken::Algorithm::HS256);
-    assert_eq!(
-        app.get("/api/v1/users/me", Some(&u.access)).await.status(),
-        200
-    );
+    assert_eq!(app.me(&u.access).await.status(), 200);
     // nothing secret is published
     let jwks: Value = app.get_json("/.well-known/jwks.json", None).await;
     assert_eq!(jwks["keys"], json!([]));

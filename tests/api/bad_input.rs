@@ -196,7 +196,7 @@ async fn garbage_tokens_are_401_invalid_token() {
         "x".repeat(6000),
         "ey..".into(),
     ] {
-        let r = app.get("/api/v1/users/me", Some(&token)).await;
+        let r = app.me(&token).await;
         assert_eq!(
             problem(r).await,
             (401, "invalid_token".into()),
@@ -204,10 +204,7 @@ async fn garbage_tokens_are_401_invalid_token() {
         );
     }
     // a token that is fine still works
-    assert_eq!(
-        app.get("/api/v1/users/me", Some(&u.access)).await.status(),
-        200
-    );
+    assert_eq!(app.me(&u.access).await.status(), 200);
 }
 
 #[tokio::test]

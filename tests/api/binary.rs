@@ -1,9 +1,9 @@
 //! The real `usher` binary: configuration errors, `config`, `migrate`, `keys rotate`, SIGTERM.
 
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::Duration;
 
-use crate::helpers::{database_name, drop_database, eventually, free_port, test_config, TestApp};
+use crate::helpers::{database_name, drop_database, eventually, test_config, Served, TestApp};
 
 fn usher(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_usher"));
@@ -165,52 +165,12 @@ async fn keys_rotate_reaches_running_replicas() {
 
 #[tokio::test]
 async fn sigterm_stops_serving_and_exits_zero() {
-    let config = test_config();
-    let (api, internal) = (free_port(), free_port());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_usher"))
-        .arg("serve")
-        .env("USHER_DATABASE__URL", config.database.url.expose())
-        .env("USHER_REDIS__PREFIX", &config.redis.prefix)
-        .env("USHER_ROUTES__FILE", &config.routes.file)
-        .env("USHER_LISTEN__API", format!("127.0.0.1:{api}"))
-        .env("USHER_LISTEN__INTERNAL", format!("127.0.0.1:{internal}"))
-        .env("USHER_PASSWORDS__MEMORY_KIB", "1024")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let served = Served::start(&[]);
     let client = reqwest::Client::new();
-    let up = eventually(Duration::from_secs(20), || async {
-        client
-            .get(format!("http://127.0.0.1:{internal}/healthz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200)
-    })
-    .await;
-    assert!(up, "usher serve should come up");
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let mut exited = None;
-    for _ in 0..200 {
-        if let Some(s) = child.try_wait().unwrap() {
-            exited = Some(s);
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let exited = exited.unwrap_or_else(|| {
-        let _ = child.kill();
-        panic!("usher did not exit after SIGTERM");
-    });
-    assert!(exited.success(), "exit status {exited:?}");
-    assert!(client
-        .get(format!("http://127.0.0.1:{internal}/healthz"))
-        .send()
-        .await
-        .is_err());
-    drop_database(&database_name(&config)).await;
+    served.wait_ready(&client).await;
+    let healthz = served.internal_url("/healthz");
+    served.sigterm();
+    let (exited, stderr) = served.wait_exit().await;
+    assert!(exited, "usher should exit 0 after SIGTERM:\n{stderr}");
+    assert!(client.get(healthz).send().await.is_err());
 }

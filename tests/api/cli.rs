@@ -5,15 +5,8 @@ use std::process::Stdio;
 use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
 
-use crate::helpers::{problem, TestApp};
+use crate::helpers::{problem, usher_command_for, usher_for, Run, TestApp};
 use crate::users::relogin;
-
-/// Exit success, stdout, stderr.
-pub struct Run {
-    pub ok: bool,
-    pub stdout: String,
-    pub stderr: String,
-}
 
 /// Runs `usher superuser create --email <email>` against `app`'s database and Redis, with
 /// `stdin` on its standard input and the password variable set when `env_password` is.
@@ -37,18 +30,11 @@ async fn superuser_create_with(
     stdin: &str,
     env: &[(&str, &str)],
 ) -> Run {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_usher"));
+    let mut cmd = usher_command_for(app);
     cmd.args(["superuser", "create"])
         .args(args)
-        .env_remove("USHER_CONFIG")
-        .env_remove("DATABASE_URL")
-        .env_remove("REDIS_URL")
         .env_remove("USHER_SUPERUSER_PASSWORD")
         .env_remove("USHER_SUPERUSER_PASSWORD_FILE")
-        .env("USHER_DATABASE__URL", app.config.database.url.expose())
-        .env("USHER_REDIS__URL", app.config.redis.url.expose())
-        .env("USHER_REDIS__PREFIX", &app.config.redis.prefix)
-        .env("USHER_ROUTES__FILE", &app.config.routes.file)
         .env("USHER_PASSWORDS__MEMORY_KIB", "1024")
         .env("USHER_PASSWORDS__ITERATIONS", "1")
         .stdin(Stdio::piped())
@@ -60,12 +46,7 @@ async fn superuser_create_with(
     // The command may exit without reading (an existing user needs no password).
     let _ = input.write_all(stdin.as_bytes()).await;
     drop(input);
-    let out = child.wait_with_output().await.unwrap();
-    Run {
-        ok: out.status.success(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    child.wait_with_output().await.unwrap().into()
 }
 
 /// Logs in and checks the account holds `superuser` and every permission of the catalog.
@@ -193,7 +174,7 @@ async fn superuser_create_promotes_an_existing_user_only_when_asked() {
     assert!(run.stdout.contains("is now a superuser"), "{}", run.stdout);
     // the running usher hears of it: the old token carries old roles
     let stale = || async {
-        let r = app.get("/api/v1/users/me", Some(&u.access)).await;
+        let r = app.me(&u.access).await;
         r.status() == 401 && problem(r).await.1 == "token_stale"
     };
     assert!(crate::helpers::eventually(std::time::Duration::from_secs(1), stale).await);
@@ -226,27 +207,6 @@ async fn superuser_create_refuses_bad_input_with_a_message() {
     for email in ["short@cinema.test", "nopass@cinema.test"] {
         let r = app.login(email, "long enough pw").await;
         assert_eq!(problem(r).await, (401, "invalid_credentials".into()));
-    }
-}
-
-/// Runs `usher <args>` against `app`'s database and Redis.
-pub async fn usher_for(app: &TestApp, args: &[&str]) -> Run {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_usher"))
-        .args(args)
-        .env_remove("USHER_CONFIG")
-        .env_remove("DATABASE_URL")
-        .env_remove("REDIS_URL")
-        .env("USHER_DATABASE__URL", app.config.database.url.expose())
-        .env("USHER_REDIS__URL", app.config.redis.url.expose())
-        .env("USHER_REDIS__PREFIX", &app.config.redis.prefix)
-        .env("USHER_ROUTES__FILE", &app.config.routes.file)
-        .output()
-        .await
-        .expect("the usher binary runs");
-    Run {
-        ok: out.status.success(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
 

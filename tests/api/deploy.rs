@@ -6,7 +6,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use usher::routes::{spawn_reloader, DefaultPolicy, RouteMap};
+use usher::routes::{spawn_reloader, DefaultPolicy, Reload, RouteMap};
 
 use crate::helpers::tool;
 
@@ -74,13 +74,15 @@ async fn a_configmap_update_reloads_the_route_map() {
         volume.file(),
         builtin.iter().map(|s| s.to_string()).collect(),
         current.clone(),
-        move |map| {
-            let _ = tx.send(map.default_policy());
+        move |reload| {
+            if let Reload::Loaded(map) = reload {
+                let _ = tx.send(map.default_policy());
+            }
         },
     );
-    // Give the reloader time to take its first look, then publish a new version that even has
-    // the old file's length and modification time: only the swapped link tells them apart.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The reloader has seen the file as it is once `spawn_reloader` returns. Publish a new
+    // version that even has the old file's length and modification time: only the swapped link
+    // tells them apart.
     let old = std::fs::metadata(volume.file())
         .unwrap()
         .modified()

@@ -6,8 +6,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use serde_json::json;
-
 use crate::helpers::{eventually, free_port, problem, tool, TestApp};
 use crate::tls::running_as_root;
 
@@ -221,12 +219,7 @@ async fn two_sessions_one_logged_out(app: &TestApp) -> (crate::helpers::Signed, 
     assert_eq!(second.status(), 200);
     let second: serde_json::Value = second.json().await.unwrap();
     let kept = second["access_token"].as_str().unwrap().to_owned();
-    assert_eq!(
-        app.post("/api/v1/auth/logout", Some(&u.access), json!({}))
-            .await
-            .status(),
-        204
-    );
+    assert_eq!(app.logout(&u.access).await.status(), 204);
     (u, kept)
 }
 
@@ -244,14 +237,9 @@ async fn works_on_the_new_primary(app: &TestApp, u: &crate::helpers::Signed, kep
             .status(),
         201
     );
-    assert_eq!(
-        problem(app.get("/api/v1/users/me", Some(&u.access)).await)
-            .await
-            .1,
-        "token_revoked"
-    );
+    assert_eq!(problem(app.me(&u.access).await).await.1, "token_revoked");
     // Not only the cache: the list of sessions comes from the new primary.
-    let r = app.get("/api/v1/auth/sessions", Some(kept)).await;
+    let r = app.sessions(kept).await;
     assert_eq!(r.status(), 200);
 }
 

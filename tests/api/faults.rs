@@ -2,9 +2,10 @@
 
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::helpers::{eventually, problem, PostgresOutage, RedisServer, TestApp};
+use crate::revocation::{marked, session_id};
 
 #[tokio::test]
 async fn logout_with_redis_down_is_recorded_honoured_and_mirrored_when_it_returns() {
@@ -13,10 +14,7 @@ async fn logout_with_redis_down_is_recorded_honoured_and_mirrored_when_it_return
     let a = TestApp::spawn_with(|c| c.redis.url = usher::config::Secret::new(url.clone())).await;
     let b = a.replica().await;
     let u = a.user().await;
-    assert_eq!(
-        b.get("/api/v1/users/me", Some(&u.access)).await.status(),
-        200
-    );
+    assert_eq!(b.me(&u.access).await.status(), 200);
     let sid = {
         let list: Value = a.get_json("/api/v1/auth/sessions", Some(&u.access)).await;
         list["items"][0]["id"].as_str().unwrap().to_owned()
@@ -29,32 +27,12 @@ async fn logout_with_redis_down_is_recorded_honoured_and_mirrored_when_it_return
     .await;
     assert!(feed_down, "both replicas should notice Redis is gone");
     // logout still succeeds and is honoured by both replicas (they ask PostgreSQL)
-    assert_eq!(
-        a.post("/api/v1/auth/logout", Some(&u.access), json!({}))
-            .await
-            .status(),
-        204
-    );
-    assert_eq!(
-        problem(a.get("/api/v1/users/me", Some(&u.access)).await)
-            .await
-            .1,
-        "token_revoked"
-    );
-    assert_eq!(
-        problem(b.get("/api/v1/users/me", Some(&u.access)).await)
-            .await
-            .1,
-        "token_revoked"
-    );
+    assert_eq!(a.logout(&u.access).await.status(), 204);
+    assert_eq!(problem(a.me(&u.access).await).await.1, "token_revoked");
+    assert_eq!(problem(b.me(&u.access).await).await.1, "token_revoked");
     // logins and registrations work without Redis
     let other = a.user().await;
-    assert_eq!(
-        b.get("/api/v1/users/me", Some(&other.access))
-            .await
-            .status(),
-        200
-    );
+    assert_eq!(b.me(&other.access).await.status(), 200);
 
     // Redis comes back empty: the revocation reaches it without a restart
     redis.restart();
@@ -79,18 +57,8 @@ async fn logout_with_redis_down_is_recorded_honoured_and_mirrored_when_it_return
         })
         .await
     );
-    assert_eq!(
-        problem(b.get("/api/v1/users/me", Some(&u.access)).await)
-            .await
-            .1,
-        "token_revoked"
-    );
-    assert_eq!(
-        b.get("/api/v1/users/me", Some(&other.access))
-            .await
-            .status(),
-        200
-    );
+    assert_eq!(problem(b.me(&u.access).await).await.1, "token_revoked");
+    assert_eq!(b.me(&other.access).await.status(), 200);
 }
 
 #[tokio::test]
@@ -99,23 +67,20 @@ async fn a_wiped_redis_is_rebuilt_from_postgres() {
     let url = redis.url();
     let a = TestApp::spawn_with(|c| c.redis.url = usher::config::Secret::new(url.clone())).await;
     let u = a.user().await;
-    assert_eq!(
-        a.post("/api/v1/auth/logout", Some(&u.access), json!({}))
-            .await
-            .status(),
-        204
-    );
+    let sid = session_id(&a, &u).await;
+    assert_eq!(a.logout(&u.access).await.status(), 204);
+    let logged_out = eventually(Duration::from_secs(5), || async { marked(&a, "s", &sid) }).await;
+    assert!(logged_out, "the logout should be marked in Redis");
     let client = redis::Client::open(url.as_str()).unwrap();
     let mut c = client.get_connection().unwrap();
     let _: () = redis::cmd("FLUSHALL").query(&mut c).unwrap();
+    assert!(!marked(&a, "s", &sid));
     // a replica that never saw the token must not believe the empty Redis
     let b = a.replica().await;
-    assert_eq!(
-        problem(b.get("/api/v1/users/me", Some(&u.access)).await)
-            .await
-            .1,
-        "token_revoked"
-    );
+    assert_eq!(problem(b.me(&u.access).await).await.1, "token_revoked");
+    // and Redis itself holds the logout again, rebuilt from PostgreSQL
+    let rebuilt = eventually(Duration::from_secs(5), || async { marked(&a, "s", &sid) }).await;
+    assert!(rebuilt, "Redis should be rebuilt from PostgreSQL");
 }
 
 #[tokio::test]
@@ -129,7 +94,7 @@ async fn postgres_down_gives_503_and_recovers_without_restart() {
     assert_eq!((status, code.as_str()), (503, "unavailable"));
     let r = app.register("new@cinema.test", "long enough").await;
     assert_eq!(problem(r).await, (503, "unavailable".into()));
-    let r = app.get("/api/v1/auth/sessions", Some(&u.access)).await;
+    let r = app.sessions(&u.access).await;
     assert_eq!(problem(r).await, (503, "unavailable".into()));
     // the body never carries database text
     let body = app.login(&u.email, &u.password).await.text().await.unwrap();
@@ -196,7 +161,7 @@ async fn health_is_always_ok_and_ready_reports_parts() {
 async fn metrics_count_requests_and_report_health() {
     let app = TestApp::spawn().await;
     let u = app.user().await;
-    app.get("/api/v1/users/me", Some(&u.access)).await;
+    app.me(&u.access).await;
     app.get("/api/v1/nothing", None).await;
     let r = app
         .client

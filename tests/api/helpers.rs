@@ -3,8 +3,10 @@
 
 #![allow(dead_code)]
 
+mod database;
+mod processes;
+
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use reqwest::{Client, Method, Response, StatusCode};
@@ -12,6 +14,9 @@ use serde_json::{json, Value};
 use tokio::sync::oneshot;
 use usher::app::Application;
 use usher::config::{Config, Dur, Secret};
+
+pub use database::*;
+pub use processes::*;
 
 /// Where the tests find PostgreSQL and Redis (the README's defaults).
 pub fn admin_url() -> String {
@@ -76,15 +81,34 @@ impl TestApp {
     pub async fn spawn_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
         let mut config = test_config();
         adjust(&mut config);
+        let app = Self::start(config, true).await;
+        app.wait_for_feed().await;
+        app
+    }
+
+    /// Like [`TestApp::spawn_with`], for a configuration whose Redis does not answer: it does
+    /// not wait for the change feed.
+    pub async fn spawn_without_redis(adjust: impl FnOnce(&mut Config)) -> TestApp {
+        let mut config = test_config();
+        adjust(&mut config);
         Self::start(config, true).await
     }
 
     /// A second usher sharing this one's database and Redis key space (another replica).
     pub async fn replica(&self) -> TestApp {
+        self.replica_with(|_| {}).await
+    }
+
+    /// Another replica, its configuration (on ports of its own) changed by `adjust`: say fixed
+    /// ports, to stop it and start it again on them.
+    pub async fn replica_with(&self, adjust: impl FnOnce(&mut Config)) -> TestApp {
         let mut config = self.config.clone();
         config.listen.api = "127.0.0.1:0".parse().unwrap();
         config.listen.internal = "127.0.0.1:0".parse().unwrap();
-        Self::start(config, false).await
+        adjust(&mut config);
+        let app = Self::start(config, false).await;
+        app.wait_for_feed().await;
+        app
     }
 
     async fn start(config: Config, owner: bool) -> TestApp {
@@ -100,7 +124,7 @@ impl TestApp {
             .await
             .expect("usher should stop cleanly");
         });
-        let app = TestApp {
+        TestApp {
             config,
             api,
             internal,
@@ -112,28 +136,27 @@ impl TestApp {
             stop: Some(stop),
             task: Some(task),
             owner,
-        };
-        app.wait_for_feed().await;
-        app
-    }
-
-    /// Waits (bounded) until the change feed is subscribed, so replicas see each other.
-    pub async fn wait_for_feed(&self) {
-        for _ in 0..200 {
-            if self.state.revocation.feed_is_up() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
-    /// Stops usher and waits for it.
+    /// Waits (bounded) until the change feed is subscribed, so replicas see each other; panics
+    /// when it is not within 5 s.
+    pub async fn wait_for_feed(&self) {
+        let up = eventually(Duration::from_secs(5), || async {
+            self.state.revocation.feed_is_up()
+        })
+        .await;
+        assert!(up, "the change feed should be subscribed within 5 s");
+    }
+
+    /// Stops usher like SIGTERM does (drains, closes, finishes in-flight requests) and waits
+    /// for it to exit.
     pub async fn stop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
         if let Some(task) = self.task.take() {
-            let _ = task.await;
+            task.await.expect("usher should stop cleanly");
         }
     }
 
@@ -143,6 +166,18 @@ impl TestApp {
 
     pub fn internal_url(&self, path: &str) -> String {
         format!("http://{}{}", self.internal, path)
+    }
+
+    /// The Prometheus text of the internal listener's `/metrics`.
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(self.internal_url("/metrics"))
+            .send()
+            .await
+            .expect("the internal listener should answer")
+            .text()
+            .await
+            .expect("a text body")
     }
 
     /// Any request to the API listener. The answer is checked against `openapi.json`
@@ -219,6 +254,79 @@ impl TestApp {
         .await
     }
 
+    // One method per endpoint, answering the response as it came; `request` stays for the odd
+    // paths and bodies of the bad-input tests.
+
+    /// `POST /api/v1/auth/refresh`.
+    pub async fn refresh(&self, refresh_token: &str) -> Response {
+        self.post(
+            "/api/v1/auth/refresh",
+            None,
+            json!({ "refresh_token": refresh_token }),
+        )
+        .await
+    }
+
+    /// `POST /api/v1/auth/logout`.
+    pub async fn logout(&self, token: &str) -> Response {
+        self.post("/api/v1/auth/logout", Some(token), json!({}))
+            .await
+    }
+
+    /// `POST /api/v1/auth/logout-all`.
+    pub async fn logout_all(&self, token: &str) -> Response {
+        self.post("/api/v1/auth/logout-all", Some(token), json!({}))
+            .await
+    }
+
+    /// `GET /api/v1/auth/sessions`.
+    pub async fn sessions(&self, token: &str) -> Response {
+        self.get("/api/v1/auth/sessions", Some(token)).await
+    }
+
+    /// `GET /api/v1/auth/history`.
+    pub async fn login_history(&self, token: &str) -> Response {
+        self.get("/api/v1/auth/history", Some(token)).await
+    }
+
+    /// `GET /api/v1/users/me`.
+    pub async fn me(&self, token: &str) -> Response {
+        self.get("/api/v1/users/me", Some(token)).await
+    }
+
+    /// `GET /api/v1/users/{id}`.
+    pub async fn user_by_id(&self, token: &str, id: &str) -> Response {
+        self.get(&format!("/api/v1/users/{id}"), Some(token)).await
+    }
+
+    /// `GET /api/v1/users/{id}/roles`.
+    pub async fn user_roles(&self, token: &str, id: &str) -> Response {
+        self.get(&format!("/api/v1/users/{id}/roles"), Some(token))
+            .await
+    }
+
+    /// `PUT /api/v1/users/{id}/roles/{role}`.
+    pub async fn give_role(&self, token: &str, id: &str, role: &str) -> Response {
+        let path = format!("/api/v1/users/{id}/roles/{role}");
+        self.request(Method::PUT, &path, Some(token), None).await
+    }
+
+    /// `DELETE /api/v1/users/{id}/roles/{role}`.
+    pub async fn take_role(&self, token: &str, id: &str, role: &str) -> Response {
+        let path = format!("/api/v1/users/{id}/roles/{role}");
+        self.request(Method::DELETE, &path, Some(token), None).await
+    }
+
+    /// `GET /api/v1/roles`.
+    pub async fn roles(&self, token: &str) -> Response {
+        self.get("/api/v1/roles", Some(token)).await
+    }
+
+    /// `GET /api/v1/permissions`.
+    pub async fn permissions(&self, token: &str) -> Response {
+        self.get("/api/v1/permissions", Some(token)).await
+    }
+
     /// Registers and logs in a fresh user; returns (user id, access token, refresh token).
     pub async fn user(&self) -> Signed {
         let email = format!("{}@cinema.test", uuid::Uuid::new_v4().simple());
@@ -239,6 +347,74 @@ impl TestApp {
             access: t["access_token"].as_str().unwrap().to_owned(),
             refresh: t["refresh_token"].as_str().unwrap().to_owned(),
         }
+    }
+
+    /// A fresh user made a superuser the way an operator makes one (`usher superuser create
+    /// --promote-existing`), signed in again so that the token carries the role.
+    pub async fn superuser(&self) -> Signed {
+        let who = self.user().await;
+        let run = usher_for(
+            self,
+            &[
+                "superuser",
+                "create",
+                "--email",
+                &who.email,
+                "--promote-existing",
+            ],
+        )
+        .await;
+        assert!(run.ok, "superuser create: {}{}", run.stdout, run.stderr);
+        self.user_with_roles(&who).await
+    }
+
+    /// `who` signed in again: tokens that carry their current roles.
+    pub async fn user_with_roles(&self, who: &Signed) -> Signed {
+        let r = self.login(&who.email, &who.password).await;
+        assert_eq!(r.status(), StatusCode::OK, "login of {}", who.email);
+        let t: Value = r.json().await.unwrap();
+        Signed {
+            access: t["access_token"].as_str().unwrap().to_owned(),
+            refresh: t["refresh_token"].as_str().unwrap().to_owned(),
+            ..who.clone()
+        }
+    }
+
+    /// Grants `permission` to the role named `role` through the API, as a superuser: the way
+    /// an operator does, so the change reaches every replica over the feed.
+    pub async fn grant(&self, role: &str, permission: &str) {
+        self.change_grants(role, |grants| grants.push(permission.to_owned()))
+            .await;
+    }
+
+    /// Takes `permission` from the role named `role`, through the API like [`TestApp::grant`].
+    pub async fn revoke(&self, role: &str, permission: &str) {
+        self.change_grants(role, |grants| grants.retain(|p| p != permission))
+            .await;
+    }
+
+    async fn change_grants(&self, role: &str, change: impl FnOnce(&mut Vec<String>)) {
+        let root = self.superuser().await;
+        let roles = self.get_json("/api/v1/roles", Some(&root.access)).await;
+        let found = roles["items"]
+            .as_array()
+            .expect("a list of roles")
+            .iter()
+            .find(|r| r["name"] == role)
+            .unwrap_or_else(|| panic!("no role named {role}"));
+        let mut grants: Vec<String> =
+            serde_json::from_value(found["permissions"].clone()).expect("permission names");
+        change(&mut grants);
+        let id = found["id"].as_str().unwrap();
+        let r = self
+            .request(
+                Method::PATCH,
+                &format!("/api/v1/roles/{id}"),
+                Some(&root.access),
+                Some(json!({ "permissions": grants })),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::OK, "changing the grants of {role}");
     }
 
     /// Runs SQL against this test's database.
@@ -304,62 +480,6 @@ impl Drop for TestApp {
     }
 }
 
-/// The database name of a configuration.
-pub fn database_name(config: &Config) -> String {
-    config
-        .database
-        .url
-        .expose()
-        .rsplit('/')
-        .next()
-        .unwrap_or_default()
-        .to_owned()
-}
-
-/// Runs SQL as the PostgreSQL superuser, on the `postgres` database.
-pub async fn admin_sql(statement: &str) {
-    let (client, conn) = tokio_postgres::connect(&admin_url(), tokio_postgres::NoTls)
-        .await
-        .expect("the admin connection to PostgreSQL");
-    tokio::spawn(conn);
-    client
-        .batch_execute(statement)
-        .await
-        .expect("admin SQL runs");
-}
-
-/// Drops a test database, whoever is connected to it.
-pub async fn drop_database(name: &str) {
-    admin_sql(&format!("drop database if exists \"{name}\" with (force)")).await;
-}
-
-/// PostgreSQL down for one app: its database refuses connections and the open ones are cut.
-/// `end` lets it back in; the database is dropped with the app either way.
-pub struct PostgresOutage {
-    name: String,
-}
-
-impl PostgresOutage {
-    pub async fn start(app: &TestApp) -> PostgresOutage {
-        let name = database_name(&app.config);
-        admin_sql(&format!(
-            "alter database \"{name}\" allow_connections false;
-             select pg_terminate_backend(pid) from pg_stat_activity
-             where datname = '{name}' and pid <> pg_backend_pid();"
-        ))
-        .await;
-        PostgresOutage { name }
-    }
-
-    pub async fn end(self) {
-        admin_sql(&format!(
-            "alter database \"{}\" allow_connections true",
-            self.name
-        ))
-        .await;
-    }
-}
-
 /// `field` of every element of the array `items`, as strings.
 pub fn strings(items: &Value, field: &str) -> Vec<String> {
     items
@@ -408,107 +528,4 @@ where
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-/// A private redis-server on a free port, killed on drop: for Redis fault tests.
-pub struct RedisServer {
-    pub port: u16,
-    child: Option<Child>,
-}
-
-impl RedisServer {
-    pub fn start() -> RedisServer {
-        let port = free_port();
-        let mut s = RedisServer { port, child: None };
-        s.spawn();
-        s
-    }
-
-    fn spawn(&mut self) {
-        let child = Command::new(which("redis-server"))
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed for the Redis fault tests");
-        self.child = Some(child);
-        for _ in 0..200 {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        panic!("the private redis-server did not start");
-    }
-
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-
-    pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// Starts it again, empty, on the same port.
-    pub fn restart(&mut self) {
-        self.stop();
-        self.spawn();
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Finds a binary on PATH (or the usual sbin folders).
-pub fn which(name: &str) -> String {
-    let path = std::env::var("PATH").unwrap_or_default();
-    for dir in path
-        .split(':')
-        .chain(["/usr/sbin", "/usr/local/sbin", "/usr/local/bin", "/usr/bin"])
-    {
-        let candidate = std::path::Path::new(dir).join(name);
-        if candidate.is_file() {
-            return candidate.to_string_lossy().into_owned();
-        }
-    }
-    name.to_owned()
-}
-
-/// A tool (on PATH, else the first of `candidates` that exists), or `None` after a notice when
-/// it is missing outside CI; with `CI=true` a missing tool fails the test.
-pub fn tool(name: &str, candidates: &[std::path::PathBuf]) -> Option<std::path::PathBuf> {
-    let found = std::iter::once(std::path::PathBuf::from(which(name)))
-        .chain(candidates.iter().cloned())
-        .find(|p| p.is_absolute() && p.is_file());
-    if found.is_none() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "{name} is not installed, and CI=true (scripts/test installs it)"
-        );
-        eprintln!("NOTICE: {name} is not installed; skipping this check");
-    }
-    found
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::cli::usher_for;
+use crate::helpers::usher_for;
 use crate::helpers::{eventually, problem, TestApp};
 
 async fn kids(app: &TestApp) -> Vec<String> {
@@ -49,10 +49,7 @@ async fn keys_retire_removes_a_key_from_every_replica_at_once() {
         })
         .await;
         assert!(both, "the rotation reaches every replica");
-        assert_eq!(
-            app.get("/api/v1/users/me", Some(&u.access)).await.status(),
-            200
-        );
+        assert_eq!(app.me(&u.access).await.status(), 200);
         assert_eq!(check_status(app, &u.access).await, 403);
     }
     let new = kids(&a).await.into_iter().find(|k| *k != old).unwrap();
@@ -76,7 +73,7 @@ async fn keys_retire_removes_a_key_from_every_replica_at_once() {
         assert!(gone, "the retired key leaves the JWKS within a second");
         // tokens it signed are refused, even those verified (and cached) before
         assert_eq!(
-            problem(app.get("/api/v1/users/me", Some(&u.access)).await).await,
+            problem(app.me(&u.access).await).await,
             (401, "invalid_token".into())
         );
         assert_eq!(check_status(app, &u.access).await, 401);
@@ -85,7 +82,7 @@ async fn keys_retire_removes_a_key_from_every_replica_at_once() {
     let fresh: Value = a.login(&u.email, &u.password).await.json().await.unwrap();
     let access = fresh["access_token"].as_str().unwrap();
     assert_eq!(kid_of(access), new);
-    assert_eq!(b.get("/api/v1/users/me", Some(access)).await.status(), 200);
+    assert_eq!(b.me(access).await.status(), 200);
     // idempotent
     assert!(usher_for(&a, &["keys", "retire", &old]).await.ok);
 }

@@ -89,10 +89,7 @@ where
 /// Whether every token of `pair` is refused: the access token by the API and by the check
 /// endpoint, the refresh token by refresh.
 async fn refused(app: &TestApp, pair: &Pair) -> Result<(), String> {
-    let me = app
-        .get("/api/v1/users/me", Some(&pair.access))
-        .await
-        .status();
+    let me = app.me(&pair.access).await.status();
     let check = app
         .client
         .get(app.internal_url("/ext_authz/api/v1/films/42"))
@@ -101,14 +98,7 @@ async fn refused(app: &TestApp, pair: &Pair) -> Result<(), String> {
         .await
         .unwrap()
         .status();
-    let refresh = app
-        .post(
-            "/api/v1/auth/refresh",
-            None,
-            json!({"refresh_token": pair.refresh}),
-        )
-        .await
-        .status();
+    let refresh = app.refresh(&pair.refresh).await.status();
     if me == 401 && check == 401 && refresh == 401 {
         Ok(())
     } else {
@@ -148,12 +138,7 @@ async fn a_password_change_wins_over_logins_in_flight() {
     assert_eq!(status, 204);
     assert_all_refused(&app, &pairs, "the password change").await;
     // The changer's own session and the new password still work.
-    assert_eq!(
-        app.get("/api/v1/users/me", Some(&user.access))
-            .await
-            .status(),
-        200
-    );
+    assert_eq!(app.me(&user.access).await.status(), 200);
     assert_eq!(
         app.login(&user.email, "a brand new secret").await.status(),
         200
@@ -227,7 +212,7 @@ async fn concurrent_wrong_guesses_cannot_exceed_max_failures() {
 
 #[tokio::test]
 async fn concurrent_wrong_guesses_cannot_exceed_max_failures_without_redis() {
-    let app = TestApp::spawn_with(|c| {
+    let app = TestApp::spawn_without_redis(|c| {
         limited(c);
         // Nothing listens there: every count falls back to PostgreSQL.
         c.redis.url = Secret::new(format!("redis://127.0.0.1:{}/0", free_port()));
@@ -383,7 +368,7 @@ async fn a_login_burst_gets_busy_answers_while_the_api_keeps_answering() {
     // The API keeps answering while the burst is being hashed.
     let mut answered = 0;
     while !burst.iter().all(|t| t.is_finished()) {
-        let r = app.get("/api/v1/users/me", Some(&user.access)).await;
+        let r = app.me(&user.access).await;
         assert_eq!(r.status(), 200, "/users/me during the burst");
         answered += 1;
     }

@@ -2,23 +2,15 @@
 //! variables, secrets from files, logs, retention, operational metrics.
 
 use std::io::Write;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use serde_json::{json, Value};
 use usher::config::{Dur, Secret};
 
 use crate::helpers::{
-    database_name, drop_database, eventually, free_port, test_config, RedisServer, TestApp,
+    eventually, free_port, status_of, usher_command, RedisServer, Served, TestApp,
 };
-
-fn usher() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_usher"));
-    cmd.env_remove("DATABASE_URL")
-        .env_remove("REDIS_URL")
-        .env_remove("RUST_LOG");
-    cmd
-}
 
 fn text(o: &Output) -> String {
     format!(
@@ -67,109 +59,11 @@ async fn redis_down_is_degraded_not_unready() {
     );
     // and usher keeps serving
     assert_eq!(app.login(&u.email, &u.password).await.status(), 200);
-    assert_eq!(
-        app.get("/api/v1/users/me", Some(&u.access)).await.status(),
-        200
-    );
-}
-
-/// `usher serve` as a child process on free ports, its stderr captured.
-struct Served {
-    child: Child,
-    api: u16,
-    internal: u16,
-    database: String,
-}
-
-impl Served {
-    fn start(env: &[(&str, &str)]) -> Served {
-        let config = test_config();
-        let (api, internal) = (free_port(), free_port());
-        let mut cmd = usher();
-        cmd.arg("serve")
-            .env("USHER_DATABASE__URL", config.database.url.expose())
-            .env("USHER_REDIS__PREFIX", &config.redis.prefix)
-            .env("USHER_ROUTES__FILE", &config.routes.file)
-            .env("USHER_LISTEN__API", format!("127.0.0.1:{api}"))
-            .env("USHER_LISTEN__INTERNAL", format!("127.0.0.1:{internal}"))
-            .env("USHER_PASSWORDS__MEMORY_KIB", "1024")
-            .env("USHER_PASSWORDS__ITERATIONS", "1")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        Served {
-            child: cmd.spawn().unwrap(),
-            api,
-            internal,
-            database: database_name(&config),
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.api)
-    }
-
-    fn internal_url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.internal)
-    }
-
-    async fn wait_ready(&self, client: &reqwest::Client) -> Value {
-        let url = self.internal_url("/readyz");
-        let ready = eventually(Duration::from_secs(30), || async {
-            status_of(client, &url).await == Some(200)
-        })
-        .await;
-        assert!(ready, "usher serve should become ready");
-        client
-            .get(self.internal_url("/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    }
-
-    fn sigterm(&self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    /// Waits (bounded) for the exit; returns whether it succeeded, and stderr.
-    async fn wait_exit(mut self) -> (bool, String) {
-        let mut exited = None;
-        for _ in 0..600 {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                exited = Some(s);
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let Some(status) = exited else {
-            let _ = self.child.kill();
-            panic!("usher did not exit after SIGTERM");
-        };
-        let mut stderr = String::new();
-        if let Some(mut e) = self.child.stderr.take() {
-            std::io::Read::read_to_string(&mut e, &mut stderr).unwrap();
-        }
-        drop_database(&self.database).await;
-        (status.success(), stderr)
-    }
-}
-
-async fn status_of(client: &reqwest::Client, url: &str) -> Option<u16> {
-    let r = client.get(url).send().await.ok()?;
-    Some(r.status().as_u16())
+    assert_eq!(app.me(&u.access).await.status(), 200);
 }
 
 fn healthcheck(internal: &str) -> Output {
-    usher()
+    usher_command()
         .arg("healthcheck")
         .env("USHER_LISTEN__INTERNAL", internal)
         .output()
@@ -300,7 +194,7 @@ fn service_links_secret_files_and_bad_values_through_the_binary() {
         "postgres://app:hunter2@db:5432/usher?password=hunter2\n",
     )
     .unwrap();
-    let out = usher()
+    let out = usher_command()
         .arg("config")
         .env("USHER_PORT", "tcp://10.0.0.1:8080")
         .env("USHER_SERVICE_HOST", "10.0.0.1")
@@ -316,7 +210,7 @@ fn service_links_secret_files_and_bad_values_through_the_binary() {
     );
     assert!(!printed.contains("hunter2"), "{printed}");
 
-    let out = usher()
+    let out = usher_command()
         .arg("config")
         .env("USHER_TOKENS__ACCESS_TTL", "0")
         .output()
@@ -330,7 +224,7 @@ fn service_links_secret_files_and_bad_values_through_the_binary() {
     );
     let toml = dir.join("usher.toml");
     std::fs::write(&toml, "[login]\nwindow = -5\n").unwrap();
-    let out = usher()
+    let out = usher_command()
         .args(["--config", toml.to_str().unwrap(), "config"])
         .output()
         .unwrap();
@@ -359,7 +253,7 @@ async fn superuser_password_comes_from_a_file_or_an_unechoed_pipe() {
             .env("USHER_PASSWORDS__ITERATIONS", "1")
             .env_remove(usher::cli::SUPERUSER_PASSWORD_VAR);
     };
-    let mut cmd = usher();
+    let mut cmd = usher_command();
     base(&mut cmd);
     let out = cmd
         .args(["superuser", "create", "--email", "root@cinema.test"])
@@ -376,7 +270,7 @@ async fn superuser_password_comes_from_a_file_or_an_unechoed_pipe() {
     );
 
     // The interactive form with a pipe for stdin: reads the lines, prints none of the password.
-    let mut cmd = usher();
+    let mut cmd = usher_command();
     base(&mut cmd);
     let mut child = cmd
         .args(["superuser", "create"])
@@ -498,17 +392,8 @@ async fn retention_prunes_expired_sessions_and_old_history_in_batches() {
         history_before - 3
     );
     // the live session still works, refresh included
-    assert_eq!(
-        app.get("/api/v1/users/me", Some(&u.access)).await.status(),
-        200
-    );
-    let r = app
-        .post(
-            "/api/v1/auth/refresh",
-            None,
-            json!({"refresh_token": u.refresh}),
-        )
-        .await;
+    assert_eq!(app.me(&u.access).await.status(), 200);
+    let r = app.refresh(&u.refresh).await;
     assert_eq!(r.status(), 200);
     let (_, metrics) = internal_get(&app, "/metrics").await;
     for needle in [

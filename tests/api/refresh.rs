@@ -3,17 +3,12 @@
 
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::helpers::{problem, TestApp};
 
 async fn refresh(app: &TestApp, token: &str) -> reqwest::Response {
-    app.post(
-        "/api/v1/auth/refresh",
-        None,
-        json!({"refresh_token": token}),
-    )
-    .await
+    app.refresh(token).await
 }
 
 /// Refreshes and returns `(access, refresh)`, asserting 200.
@@ -41,10 +36,7 @@ async fn parallel_refreshes_with_one_token_get_one_successor() {
     assert_ne!(successor, &u.refresh);
     for (access, refresh) in &answers {
         assert_eq!(refresh, successor, "every use returns the same successor");
-        assert_eq!(
-            app.get("/api/v1/users/me", Some(access)).await.status(),
-            200
-        );
+        assert_eq!(app.me(access).await.status(), 200);
     }
     // one chain: its next link works once, and the session is still one session
     let (access, _) = refreshed(&app, successor).await;
@@ -77,7 +69,7 @@ async fn a_replay_within_the_window_returns_the_same_successor_even_after_it_mov
         assert_eq!(refresh(&app, token).await.status(), 401);
     }
     assert_eq!(
-        problem(app.get("/api/v1/users/me", Some(&access3)).await).await,
+        problem(app.me(&access3).await).await,
         (401, "token_revoked".into())
     );
 }

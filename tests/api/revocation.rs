@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use usher::config::{Dur, Secret};
 
 use crate::helpers::{eventually, problem, RedisServer, Signed, TestApp};
-use crate::users::{admin, put, role_id};
+use crate::users::{admin, role_id};
 
 /// The caches' time to live in these tests: after it, a replica asks Redis again.
 const STATE_TTL: u64 = 2;
@@ -74,7 +74,7 @@ pub fn mark(prefix: &str, kind: &str, id: &str) -> (String, String) {
 }
 
 /// Whether `app`'s Redis holds the mark of `id` in a hash that says it is complete.
-fn marked(app: &TestApp, kind: &str, id: &str) -> bool {
+pub fn marked(app: &TestApp, kind: &str, id: &str) -> bool {
     let (hash, field) = mark(&app.config.redis.prefix, kind, id);
     let client = redis::Client::open(app.config.redis.url.expose()).unwrap();
     let mut c = client.get_connection().unwrap();
@@ -93,7 +93,7 @@ pub async fn session_id(app: &TestApp, u: &Signed) -> String {
 }
 
 pub async fn code(app: &TestApp, token: &str) -> String {
-    let r = app.get("/api/v1/users/me", Some(token)).await;
+    let r = app.me(token).await;
     if r.status() == 200 {
         return "ok".into();
     }
@@ -161,9 +161,7 @@ async fn a_logout_survives_the_death_of_the_redis_command_connection() {
     let sid = session_id(&a, &u).await;
 
     kill(&redis, conn);
-    let r = a
-        .post("/api/v1/auth/logout", Some(&u.access), json!({}))
-        .await;
+    let r = a.logout(&u.access).await;
     assert_eq!(r.status(), 204);
     refused_for_good(&a, &b, &u.access, "token_revoked", ("s", &sid)).await;
 }
@@ -182,12 +180,7 @@ async fn a_role_change_survives_the_death_of_the_redis_command_connection() {
     }
 
     kill(&redis, conn);
-    let r = put(
-        &a,
-        &format!("/api/v1/users/{}/roles/{editor}", u.id),
-        &root.access,
-    )
-    .await;
+    let r = a.give_role(&root.access, &u.id, &editor).await;
     assert_eq!(r.status(), 204);
     refused_for_good(&a, &b, &u.access, "token_stale", ("u", &u.id)).await;
 }
@@ -215,17 +208,10 @@ async fn redis_losing_its_marks_does_not_bring_a_revoked_token_back() {
     let changed = a.user().await;
     let fine = a.user().await;
     let sid = session_id(&a, &ended).await;
-    let r = a
-        .post("/api/v1/auth/logout", Some(&ended.access), json!({}))
-        .await;
+    let r = a.logout(&ended.access).await;
     assert_eq!(r.status(), 204);
     let superuser = role_id(&a, &root.access, "superuser").await;
-    let r = put(
-        &a,
-        &format!("/api/v1/users/{}/roles/{superuser}", changed.id),
-        &root.access,
-    )
-    .await;
+    let r = a.give_role(&root.access, &changed.id, &superuser).await;
     assert_eq!(r.status(), 204);
     let refusals = [
         (&ended.access, "token_revoked"),
@@ -286,9 +272,7 @@ async fn a_logout_redis_has_no_memory_for_is_never_taken_for_valid() {
         .unwrap();
 
     // The mark cannot be stored (OOM, noeviction); the announcement still goes out.
-    let r = a
-        .post("/api/v1/auth/logout", Some(&u.access), json!({}))
-        .await;
+    let r = a.logout(&u.access).await;
     assert_eq!(r.status(), 204);
     for app in [&a, &b] {
         assert!(answers(app, &u.access, "token_revoked", Duration::from_secs(1)).await);
@@ -330,9 +314,7 @@ async fn expired_marks_are_pruned_and_live_ones_kept() {
     let app = TestApp::spawn().await;
     let u = app.user().await;
     let sid = session_id(&app, &u).await;
-    let r = app
-        .post("/api/v1/auth/logout", Some(&u.access), json!({}))
-        .await;
+    let r = app.logout(&u.access).await;
     assert_eq!(r.status(), 204);
     assert!(marked(&app, "s", &sid));
     let old = uuid::Uuid::new_v4().to_string();

@@ -20,7 +20,7 @@ async fn catalog_names(app: &TestApp, token: &str) -> Vec<Value> {
 async fn the_catalog_lists_builtin_and_service_permissions() {
     let app = TestApp::spawn().await;
     let u = app.user().await;
-    let r = app.get("/api/v1/permissions", Some(&u.access)).await;
+    let r = app.permissions(&u.access).await;
     assert_eq!(r.status(), StatusCode::OK);
     let body: Value = r.json().await.unwrap();
     let items = body["items"].as_array().unwrap();
@@ -50,17 +50,8 @@ async fn the_catalog_lists_builtin_and_service_permissions() {
         .await;
     assert_eq!(problem(r).await, (405, "method_not_allowed".into()));
     // without `permission_read`
-    app.sql(
-        "delete from role_permissions where permission = 'permission_read';
-         update catalog_version set version = version + 1",
-    )
-    .await;
-    app.state
-        .permissions
-        .refresh(&app.state.db, true)
-        .await
-        .unwrap();
-    let r = app.get("/api/v1/permissions", Some(&u.access)).await;
+    app.revoke("user", "permission_read").await;
+    let r = app.permissions(&u.access).await;
     assert_eq!(problem(r).await, (403, "forbidden".into()));
 }
 
@@ -68,7 +59,7 @@ async fn the_catalog_lists_builtin_and_service_permissions() {
 async fn roles_are_listed_by_name_and_superuser_holds_the_whole_catalog() {
     let app = TestApp::spawn().await;
     let u = app.user().await;
-    let r = app.get("/api/v1/roles", Some(&u.access)).await;
+    let r = app.roles(&u.access).await;
     assert_eq!(r.status(), StatusCode::OK);
     let body: Value = r.json().await.unwrap();
     let items = body["items"].as_array().unwrap();

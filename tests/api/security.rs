@@ -226,7 +226,7 @@ async fn a_removed_role_stops_working_on_another_replica_within_a_second() {
     assert_eq!(token_roles(access), json!(["user"]));
     let r = b.get("/api/v1/users", Some(access)).await;
     assert_eq!(problem(r).await, (403, "forbidden".into()));
-    assert_eq!(b.get("/api/v1/users/me", Some(access)).await.status(), 200);
+    assert_eq!(b.me(access).await.status(), 200);
 }
 
 #[tokio::test]
@@ -255,10 +255,7 @@ async fn a_removed_grant_stops_working_on_another_replica_within_a_second() {
     // the token itself is still good: its roles did not change, only what they grant
     let r = b.get("/api/v1/users", Some(&u.access)).await;
     assert_eq!(problem(r).await, (403, "forbidden".into()));
-    assert_eq!(
-        b.get("/api/v1/users/me", Some(&u.access)).await.status(),
-        200
-    );
+    assert_eq!(b.me(&u.access).await.status(), 200);
 }
 
 #[tokio::test]
@@ -326,14 +323,11 @@ async fn a_disabled_user_is_refused_on_another_replica_within_a_second() {
     let b = a.replica().await;
     let root = admin(&a).await;
     let u = b.user().await;
-    assert_eq!(
-        b.get("/api/v1/users/me", Some(&u.access)).await.status(),
-        200
-    );
+    assert_eq!(b.me(&u.access).await.status(), 200);
     let r = delete(&a, &format!("/api/v1/users/{}", u.id), &root.access).await;
     assert_eq!(r.status(), 200);
     let revoked = || async {
-        let r = b.get("/api/v1/users/me", Some(&u.access)).await;
+        let r = b.me(&u.access).await;
         r.status() == 401 && problem(r).await.1 == "token_revoked"
     };
     assert!(crate::helpers::eventually(Duration::from_secs(1), revoked).await);

@@ -132,12 +132,7 @@ async fn sentinel_failover_is_followed_and_no_revoked_token_passes() {
             .unwrap();
         during.push(r["access_token"].as_str().unwrap().to_owned());
     }
-    assert_eq!(
-        a.post("/api/v1/auth/logout", Some(&revoked.access), json!({}))
-            .await
-            .status(),
-        204
-    );
+    assert_eq!(a.logout(&revoked.access).await.status(), 204);
 
     // Checks on both replicas for the whole failover: once its logout has answered, a token
     // never passes again.
@@ -177,10 +172,7 @@ async fn sentinel_failover_is_followed_and_no_revoked_token_passes() {
     // made after the failover is refused on both.
     for app in [&a, &b] {
         let passes = eventually(Duration::from_secs(10), || async {
-            app.get("/api/v1/users/me", Some(&valid.access))
-                .await
-                .status()
-                == 200
+            app.me(&valid.access).await.status() == 200
         })
         .await;
         assert!(passes, "a valid token should pass after the failover");
@@ -199,18 +191,10 @@ async fn sentinel_failover_is_followed_and_no_revoked_token_passes() {
             .await;
         list["items"][0]["id"].as_str().unwrap().to_owned()
     };
-    assert_eq!(
-        a.post("/api/v1/auth/logout", Some(&valid.access), json!({}))
-            .await
-            .status(),
-        204
-    );
+    assert_eq!(a.logout(&valid.access).await.status(), 204);
     for app in [&a, &b] {
         let refused = eventually(Duration::from_secs(1), || async {
-            app.get("/api/v1/users/me", Some(&valid.access))
-                .await
-                .status()
-                == 401
+            app.me(&valid.access).await.status() == 401
         })
         .await;
         assert!(
@@ -236,7 +220,7 @@ async fn sentinel_failover_is_followed_and_no_revoked_token_passes() {
         let tokens = watch.refused.lock().unwrap().clone();
         for app in [&a, &b] {
             for token in &tokens {
-                if app.get("/api/v1/users/me", Some(token)).await.status() != 401 {
+                if app.me(token).await.status() != 401 {
                     return false;
                 }
             }

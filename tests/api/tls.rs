@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::Value;
 use usher::config::{Config, Secret};
 
 use crate::helpers::{eventually, free_port, problem, test_config, tool, which, TestApp};
@@ -322,10 +322,7 @@ async fn postgres_over_tls_checks_the_server_as_sslmode_says() {
     })
     .await;
     let u = app.user().await;
-    assert_eq!(
-        app.get("/api/v1/users/me", Some(&u.access)).await.status(),
-        200
-    );
+    assert_eq!(app.me(&u.access).await.status(), 200);
     app.stop().await;
 }
 
@@ -402,16 +399,8 @@ async fn redis_over_tls_carries_revocations() {
     let u = a.user().await;
     let list: Value = a.get_json("/api/v1/auth/sessions", Some(&u.access)).await;
     let sid = list["items"][0]["id"].as_str().unwrap().to_owned();
-    assert_eq!(
-        b.get("/api/v1/users/me", Some(&u.access)).await.status(),
-        200
-    );
-    assert_eq!(
-        a.post("/api/v1/auth/logout", Some(&u.access), json!({}))
-            .await
-            .status(),
-        204
-    );
+    assert_eq!(b.me(&u.access).await.status(), 200);
+    assert_eq!(a.logout(&u.access).await.status(), 204);
     // the revocation is in the TLS Redis, and the other replica heard it on the feed
     let (hash, field) = crate::revocation::mark(&a.config.redis.prefix, "s", &sid);
     let mut key = redis::pipe();
@@ -420,14 +409,9 @@ async fn redis_over_tls_carries_revocations() {
     assert_eq!(stored, (1,));
     assert!(
         eventually(Duration::from_secs(5), || async {
-            b.get("/api/v1/users/me", Some(&u.access)).await.status() == 401
+            b.me(&u.access).await.status() == 401
         })
         .await
     );
-    assert_eq!(
-        problem(b.get("/api/v1/users/me", Some(&u.access)).await)
-            .await
-            .1,
-        "token_revoked"
-    );
+    assert_eq!(problem(b.me(&u.access).await).await.1, "token_revoked");
 }

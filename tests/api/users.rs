@@ -7,26 +7,12 @@ use crate::helpers::{problem, strings, Signed, TestApp};
 
 /// A fresh user holding `superuser`, with a token that carries it.
 pub async fn admin(app: &TestApp) -> Signed {
-    let u = app.user().await;
-    app.sql(&format!(
-        "insert into user_roles (user_id, role_id)
-         select '{}', id from roles where name = 'superuser'",
-        u.id
-    ))
-    .await;
-    relogin(app, &u).await
+    app.superuser().await
 }
 
 /// Logs `u` in again: a token with their current roles.
 pub async fn relogin(app: &TestApp, u: &Signed) -> Signed {
-    let r = app.login(&u.email, &u.password).await;
-    assert_eq!(r.status(), StatusCode::OK, "login of {}", u.email);
-    let t: Value = r.json().await.unwrap();
-    Signed {
-        access: t["access_token"].as_str().unwrap().to_owned(),
-        refresh: t["refresh_token"].as_str().unwrap().to_owned(),
-        ..u.clone()
-    }
+    app.user_with_roles(u).await
 }
 
 /// The id of the role named `name`.
@@ -278,19 +264,10 @@ async fn a_password_change_checks_the_old_one_and_ends_every_other_session() {
         .await;
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     // this session lives on, the other one ended
-    assert_eq!(
-        app.get("/api/v1/users/me", Some(&u.access)).await.status(),
-        200
-    );
-    let r = app.get("/api/v1/users/me", Some(&elsewhere.access)).await;
+    assert_eq!(app.me(&u.access).await.status(), 200);
+    let r = app.me(&elsewhere.access).await;
     assert_eq!(problem(r).await, (401, "token_revoked".into()));
-    let r = app
-        .post(
-            "/api/v1/auth/refresh",
-            None,
-            json!({"refresh_token": elsewhere.refresh}),
-        )
-        .await;
+    let r = app.refresh(&elsewhere.refresh).await;
     assert_eq!(r.status(), 401);
     assert_eq!(app.login(&u.email, &u.password).await.status(), 401);
     assert_eq!(app.login(&u.email, "brand new secret").await.status(), 200);
@@ -316,17 +293,11 @@ async fn disabling_a_user_ends_their_sessions_and_is_idempotent() {
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["disabled"], true);
     assert_eq!(body["id"], u.id.as_str());
-    let r = app.get("/api/v1/users/me", Some(&u.access)).await;
+    let r = app.me(&u.access).await;
     assert_eq!(problem(r).await, (401, "token_revoked".into()));
     let r = app.login(&u.email, &u.password).await;
     assert_eq!(problem(r).await, (403, "account_disabled".into()));
-    let r = app
-        .post(
-            "/api/v1/auth/refresh",
-            None,
-            json!({"refresh_token": u.refresh}),
-        )
-        .await;
+    let r = app.refresh(&u.refresh).await;
     assert_eq!(r.status(), 401);
 
     // an administrator disables someone else, twice
@@ -337,7 +308,7 @@ async fn disabling_a_user_ends_their_sessions_and_is_idempotent() {
         let body: Value = r.json().await.unwrap();
         assert_eq!(body["disabled"], true);
     }
-    let r = app.get("/api/v1/users/me", Some(&v.access)).await;
+    let r = app.me(&v.access).await;
     assert_eq!(problem(r).await, (401, "token_revoked".into()));
     let history: Value = app
         .get_json(&format!("{theirs}/history"), Some(&root.access))
@@ -410,7 +381,7 @@ async fn roles_are_assigned_and_removed_idempotently() {
         assert_eq!(put(&app, &one, &root.access).await.status(), 204);
     }
     // the user's token carries old roles now: refresh for the new ones
-    let r = app.get("/api/v1/users/me", Some(&u.access)).await;
+    let r = app.me(&u.access).await;
     assert_eq!(problem(r).await, (401, "token_stale".into()));
     let t: Value = app
         .post_json(
@@ -443,7 +414,7 @@ async fn roles_are_assigned_and_removed_idempotently() {
     for _ in 0..2 {
         assert_eq!(delete(&app, &one, &root.access).await.status(), 204);
     }
-    let r = app.get("/api/v1/users/me", Some(access)).await;
+    let r = app.me(access).await;
     assert_eq!(problem(r).await, (401, "token_stale".into()));
 
     let ghost_role = format!("{roles_path}/{}", uuid::Uuid::new_v4());
