@@ -12,7 +12,8 @@
 //! - `guard` — bearer token → `Principal`, through the verified-token cache.
 //! - `tokens` — JWT signing and verification, keys, JWKS, refresh tokens.
 //! - `passwords` — Argon2id on a bounded blocking pool.
-//! - `revocation` — revoked sessions and roles versions: moka, Redis, PostgreSQL.
+//! - `revocation` — revoked sessions and roles versions: memory, Redis, PostgreSQL.
+//! - `cache` — the bounded, expiring maps of the check path (verified tokens, revocation).
 //! - `feed` — the Redis pub/sub change feed between replicas.
 //! - `permissions` — the catalog and the roles → permissions snapshot.
 //! - `routes` — the gateway route map: parse, validate, normalise, match, reload.
@@ -25,6 +26,7 @@
 
 pub mod app;
 pub mod attempts;
+pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod escalation;

@@ -4,7 +4,7 @@
 //! PostgreSQL is the truth (`sessions.revoked_at`, `users.roles_version`). Redis mirrors what
 //! matters for the lifetime of an access token in a few hashes, `marks:<0..BUCKETS>`: field
 //! `s:<sid>` for an ended session, `u:<uid>` for a user's lowest acceptable roles version, and
-//! `synced` saying the hash is complete. Each replica keeps two moka caches in front, and a
+//! `synced` saying the hash is complete. Each replica keeps two compact caches (`cache::Compact`) in front, and a
 //! change feed (Redis pub/sub, see `feed`) writes every change into every replica's caches as
 //! it happens.
 //!
@@ -20,7 +20,7 @@
 //! - a fetched answer never undoes a newer one from the feed (revoked: `or`, versions: `max`),
 //!   and a fetch that began before the caches were cleared does not store what it found.
 //!
-//! The caches are lock-free reads (moka's concurrent hash map); nothing here holds a lock
+//! The caches are sharded maps read under a shard's read lock; nothing here holds a lock
 //! across an `.await`, and the one mutex (the queue of pending changes) is taken only when a
 //! change is made or retried, never on a check. On top of the caches, an epoch counter lets
 //! the hot path skip both lookups for a token it already found valid when nothing that could
@@ -32,10 +32,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
-use moka::sync::Cache;
 use tokio::sync::{watch, Notify};
 use uuid::Uuid;
 
+use crate::cache::Compact;
 use crate::config;
 use crate::kv::{Kv, KvError};
 use crate::store::{self, StoreError};
@@ -107,9 +107,11 @@ enum Change {
 /// The two caches and the generation that guards them against late writers.
 struct States {
     /// sid → revoked?
-    sessions: Cache<Uuid, bool>,
+    sessions: Compact<Uuid, bool>,
     /// uid → lowest roles version a token may carry (`i64::MIN`: no recent change).
-    users: Cache<Uuid, i64>,
+    users: Compact<Uuid, i64>,
+    /// How long an entry lives.
+    ttl: Duration,
     /// Bumped whenever the caches are cleared: an answer fetched before may be older than
     /// what was missed, so it must not be stored after.
     generation: AtomicU64,
@@ -118,14 +120,9 @@ struct States {
 impl States {
     fn new(capacity: u64, ttl: Duration) -> Self {
         States {
-            sessions: Cache::builder()
-                .max_capacity(capacity)
-                .time_to_live(ttl)
-                .build(),
-            users: Cache::builder()
-                .max_capacity(capacity)
-                .time_to_live(ttl)
-                .build(),
+            sessions: Compact::new(capacity),
+            users: Compact::new(capacity),
+            ttl,
             generation: AtomicU64::new(0),
         }
     }
@@ -139,8 +136,8 @@ impl States {
     /// either had its entry cleared here or sees the new generation when it looks again.
     fn clear(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
-        self.sessions.invalidate_all();
-        self.users.invalidate_all();
+        self.sessions.clear();
+        self.users.clear();
     }
 
     fn cached(&self, session: Uuid, user: Uuid, rv: i64, feed_up: bool) -> Cached {
@@ -162,13 +159,12 @@ impl States {
     }
 
     fn revoke(&self, session: Uuid) {
-        self.sessions.insert(session, true);
+        self.sessions.insert(session, true, self.ttl);
     }
 
     fn raise(&self, user: Uuid, rv: i64) {
         self.users
-            .entry(user)
-            .and_upsert_with(|old| old.map_or(rv, |e| (*e.value()).max(rv)));
+            .upsert(user, self.ttl, |old| old.map_or(rv, |e| (*e).max(rv)));
     }
 
     /// Stores what a fetch that began at `generation` found, merged with what the feed wrote
@@ -189,21 +185,17 @@ impl States {
             }
             return (revoked, min_rv);
         }
-        let revoked = *self
+        let revoked = self
             .sessions
-            .entry(session)
-            .and_upsert_with(|old| old.is_some_and(|e| *e.value()) || revoked)
-            .value();
-        let min_rv = *self
-            .users
-            .entry(user)
-            .and_upsert_with(|old| old.map_or(min_rv, |e| (*e.value()).max(min_rv)))
-            .value();
+            .upsert(session, self.ttl, |old| old.is_some_and(|e| *e) || revoked);
+        let min_rv = self.users.upsert(user, self.ttl, |old| {
+            old.map_or(min_rv, |e| (*e).max(min_rv))
+        });
         if self.generation() != generation {
             // A clear ran between the check above and the writes: undo them (forgetting a
             // "revoked" only costs a lookup).
-            self.sessions.invalidate(&session);
-            self.users.invalidate(&user);
+            self.sessions.remove(&session);
+            self.users.remove(&user);
         }
         (revoked, min_rv)
     }
