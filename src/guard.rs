@@ -330,3 +330,42 @@ impl Guard {
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn principals_with_the_same_roles_share_them_and_render_their_headers() {
+        let tokens = Tokens::ephemeral(&config::Tokens::default()).unwrap();
+        let guard = Guard::new(
+            &config::Cache::default(),
+            std::time::Duration::from_secs(60),
+        );
+        let roles = vec!["critic".to_owned(), "user".to_owned()];
+        let admitted: Vec<_> = (0..2)
+            .map(|_| {
+                let (token, claims) = tokens
+                    .issue(Uuid::new_v4(), Uuid::new_v4(), roles.clone(), 0)
+                    .unwrap();
+                (token_key(&token), guard.admit(token_key(&token), claims, 0))
+            })
+            .collect();
+        let (a, b) = (&admitted[0].1, &admitted[1].1);
+        assert!(Arc::ptr_eq(&a.roles, &b.roles));
+        assert_eq!(&a.roles[..], &roles[..]);
+        let h = a.headers();
+        assert_eq!(h.user_id, a.user.to_string());
+        assert_eq!(h.session_id, a.session.to_string());
+        assert_eq!(h.roles, "critic,user");
+        // each token finds its own principal by its digest
+        for (key, p) in &admitted {
+            let found = guard.verified.get(key).unwrap();
+            assert!(Arc::ptr_eq(&found, p));
+        }
+        assert_eq!(guard.len(), 2);
+        guard.forget_all();
+        assert!(guard.is_empty());
+    }
+}
