@@ -3,6 +3,7 @@
 
     python3 benches/run.py                 # all rows, 3 alternating rounds (a few minutes)
     python3 benches/run.py --only check,login --rounds 5
+    python3 benches/run.py --only check --pin   # servers on CPU 0, wrk on CPU 1
     USHER_BIN=path/to/other/usher python3 benches/run.py --only latency   # another build
 
 Rows (names for --only): check, latency, login, refresh, memory, envoy, reach.
@@ -36,6 +37,7 @@ PORTS = {"api": 18080, "internal": 19191, "bare": 19292, "api_b": 18081, "intern
          "adm_stub": 19900, "adm_usher": 19901, "adm_jwt": 19902}
 
 procs = []
+SERVERS = {}
 work = tempfile.mkdtemp(prefix="usher-bench-")
 db = f"usher_bench_{os.getpid()}"
 prefix = f"usher-bench:{os.getpid()}:"
@@ -123,10 +125,12 @@ def loadgen_bg(*args):
     return p, out
 
 
-def wrk(url, seconds, connections, token=None):
+def wrk(url, seconds, connections, token=None, cpu=None):
     cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", url]
     if token:
         cmd[1:1] = ["-H", f"authorization: Bearer {token}"]
+    if cpu is not None:
+        cmd[0:0] = ["taskset", "-c", str(cpu)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     rps = next(float(line.split()[1]) for line in out.splitlines() if line.startswith("Requests/sec"))
     non2xx = [line for line in out.splitlines() if "Non-2xx" in line]
@@ -161,16 +165,35 @@ def login_token(api):
 
 # --- rows -----------------------------------------------------------------------------------
 
+def pin(p, cpus):
+    """Moves every thread of `p` to `cpus` (a taskset list such as "0" or "0-1")."""
+    subprocess.run(["taskset", "-a", "-cp", cpus, str(p.pid)], capture_output=True, check=True)
+
+
 def row_check(a, token, results):
     usher = f"http://127.0.0.1:{PORTS['internal']}/ext_authz{PATH}"
     bare = f"http://127.0.0.1:{PORTS['bare']}{PATH}"
-    wrk(usher, 1, a.connections, token)
-    rounds = []
-    for r in range(a.rounds):
-        b = wrk(bare, a.duration, a.connections, token)
-        u = wrk(usher, a.duration, a.connections, token)
-        rounds.append({"bare": b, "usher": u, "ratio": u / b})
-        log(f"check round {r + 1}: bare {b:,.0f}/s, usher {u:,.0f}/s, {100 * u / b:.1f} %")
+    # --pin: both servers on CPU 0 and wrk on CPU 1, so that the server and the load generator
+    # do not take turns on the same core (what made unpinned ratios swing between rounds).
+    wrk_cpu = None
+    if a.pin:
+        all_cpus = f"0-{(os.cpu_count() or 2) - 1}"
+        for p in (SERVERS["usher"], SERVERS["bare"]):
+            pin(p, "0")
+        wrk_cpu = 1
+    try:
+        wrk(usher, 1, a.connections, token, wrk_cpu)
+        rounds = []
+        for r in range(a.rounds):
+            b = wrk(bare, a.duration, a.connections, token, wrk_cpu)
+            u = wrk(usher, a.duration, a.connections, token, wrk_cpu)
+            rounds.append({"bare": b, "usher": u, "ratio": u / b, "pinned": a.pin})
+            log(f"check round {r + 1}: bare {b:,.0f}/s, usher {u:,.0f}/s, {100 * u / b:.1f} %"
+                + (" (pinned)" if a.pin else ""))
+    finally:
+        if a.pin:
+            for p in (SERVERS["usher"], SERVERS["bare"]):
+                pin(p, all_cpus)
     results["check"] = rounds
 
 
@@ -488,6 +511,8 @@ def main():
     ap.add_argument("--sessions", type=int, default=100_000)
     ap.add_argument("--reach-samples", type=int, default=20)
     ap.add_argument("--no-build", action="store_true")
+    ap.add_argument("--pin", action="store_true",
+                    help="check row: both servers on CPU 0, wrk on CPU 1 (needs taskset)")
     a = ap.parse_args()
     only = set(a.only.split(","))
     if not a.no_build:
@@ -498,9 +523,10 @@ def main():
     # Each storm client logs in as its own user: the per-account limit counts attempts in flight.
     STORM_EMAIL = f"bench-{os.getpid()}-%d@cinema.example"
     try:
-        start_usher(PORTS["api"], PORTS["internal"], "usher")
+        SERVERS["usher"] = start_usher(PORTS["api"], PORTS["internal"], "usher")
         for port in ("bare", "stub", "upstream"):
-            start([os.path.join(REL, "examples", "bare_hyper"), f"127.0.0.1:{PORTS[port]}"], name=port)
+            SERVERS[port] = start([os.path.join(REL, "examples", "bare_hyper"), f"127.0.0.1:{PORTS[port]}"],
+                                  name=port)
             wait_http(f"http://127.0.0.1:{PORTS[port]}/")
         status, _ = http("POST", f"http://127.0.0.1:{PORTS['api']}/api/v1/auth/register",
                          {"email": EMAIL, "password": PASSWORD})

@@ -1,8 +1,9 @@
 //! What one entry of each check-path cache costs in resident memory: COUNT entries of the
-//! verified-token cache (`guard`, keyed by the token text, holding a `Principal`) and of the
-//! two revocation caches (session → revoked, user → roles version), each built as the
-//! server builds it, measured as the growth of VmRSS. A plain `HashMap` with the same
-//! contents is measured too, as the floor without a cache's bookkeeping.
+//! verified-token cache (`guard`, keyed by the token's SHA-256 digest, holding a `Principal`)
+//! and of the two revocation caches (session → revoked, user → roles version), each built as
+//! the server builds it, measured as the growth of VmRSS. moka, as the server used it before,
+//! and a plain `HashMap` with the same contents (the floor without a cache's bookkeeping) are
+//! measured too.
 //!
 //! `cache_cost [COUNT]`  (the memory row of `benches/run.py` measures the whole server)
 
@@ -11,8 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use moka::sync::Cache;
+use usher::cache::Compact;
 use usher::config;
-use usher::guard::Principal;
+use usher::guard::{token_key, Guard, Principal};
 use usher::tokens::Tokens;
 use uuid::Uuid;
 
@@ -48,67 +50,78 @@ fn main() -> anyhow::Result<()> {
         issued.first().map_or(0, |(t, _)| t.len())
     );
 
+    // What the server keeps: `Guard` (tokens by SHA-256 digest, principals sharing their
+    // role sets) and the revocation caches (`Compact` maps with a time to live).
     let start = rss_bytes();
-    let guard: Cache<String, Arc<Principal>> = Cache::builder()
-        .max_capacity(count as u64 * 2)
-        .time_to_live(ttl)
-        .build();
+    let cache = config::Cache {
+        tokens: count as u64 * 2,
+        ..config::Cache::default()
+    };
+    let guard = Guard::new(&cache, ttl);
     for (token, claims) in &issued {
-        guard.insert(token.clone(), Arc::new(Principal::from(claims.clone())));
+        guard.admit(token_key(token), claims.clone(), guard.generation());
     }
-    guard.run_pending_tasks();
     let mut at = report(
-        "guard: moka Cache<String, Arc<Principal>>, TTL",
+        "guard: Compact<[u8; 32], Arc<Principal>>, shared roles",
         start,
         count,
     );
-
-    let sessions: Cache<Uuid, bool> = Cache::builder()
-        .max_capacity(count as u64 * 2)
-        .time_to_live(ttl)
-        .build();
-    let users: Cache<Uuid, i64> = Cache::builder()
-        .max_capacity(count as u64 * 2)
-        .time_to_live(ttl)
-        .build();
+    let sessions: Compact<Uuid, bool> = Compact::new(count as u64 * 2);
     for (_, claims) in &issued {
-        sessions.insert(claims.sid, false);
+        sessions.insert(claims.sid, false, ttl);
     }
-    sessions.run_pending_tasks();
+    at = report("revocation sessions: Compact<Uuid, bool>", at, count);
+    let users: Compact<Uuid, i64> = Compact::new(count as u64 * 2);
+    for (_, claims) in &issued {
+        users.insert(claims.sub, 0, ttl);
+    }
+    at = report("revocation users: Compact<Uuid, i64>", at, count);
+
+    // For comparison: moka as the server used it before (token text as the key, a principal
+    // with roles of its own), and plain maps as the floor without any bookkeeping.
+    let moka_tokens: Cache<String, Arc<Principal>> = Cache::builder()
+        .max_capacity(count as u64 * 2)
+        .time_to_live(ttl)
+        .build();
+    for (token, claims) in &issued {
+        moka_tokens.insert(token.clone(), Arc::new(Principal::from(claims.clone())));
+    }
+    moka_tokens.run_pending_tasks();
     at = report(
-        "revocation sessions: moka Cache<Uuid, bool>, TTL",
+        "for comparison: moka Cache<String, Arc<Principal>>, TTL",
         at,
         count,
     );
+    let moka_ids: Cache<Uuid, bool> = Cache::builder()
+        .max_capacity(count as u64 * 2)
+        .time_to_live(ttl)
+        .build();
     for (_, claims) in &issued {
-        users.insert(claims.sub, 0);
+        moka_ids.insert(claims.sid, false);
     }
-    users.run_pending_tasks();
-    at = report("revocation users: moka Cache<Uuid, i64>, TTL", at, count);
-
-    let no_ttl: Cache<Uuid, bool> = Cache::builder().max_capacity(count as u64 * 2).build();
-    for (_, claims) in &issued {
-        no_ttl.insert(claims.jti, false);
-    }
-    no_ttl.run_pending_tasks();
-    at = report("for comparison: moka Cache<Uuid, bool>, no TTL", at, count);
-
-    let mut plain: HashMap<String, Arc<Principal>> = HashMap::with_capacity(count);
+    moka_ids.run_pending_tasks();
+    at = report("for comparison: moka Cache<Uuid, bool>, TTL", at, count);
+    let mut plain: HashMap<[u8; 32], Arc<Principal>> = HashMap::with_capacity(count);
     for (token, claims) in &issued {
-        plain.insert(token.clone(), Arc::new(Principal::from(claims.clone())));
+        plain.insert(token_key(token), Arc::new(Principal::from(claims.clone())));
     }
-    at = report("for comparison: HashMap<String, Arc<Principal>>", at, count);
+    at = report(
+        "for comparison: HashMap<[u8; 32], Arc<Principal>>",
+        at,
+        count,
+    );
     let mut ids: HashMap<Uuid, bool> = HashMap::with_capacity(count);
     for (_, claims) in &issued {
         ids.insert(claims.sid, false);
     }
     report("for comparison: HashMap<Uuid, bool>", at, count);
     println!(
-        "kept: {} {} {} {} {} {}",
-        guard.entry_count(),
-        sessions.entry_count(),
-        users.entry_count(),
-        no_ttl.entry_count(),
+        "kept: {} {} {} {} {} {} {}",
+        guard.len(),
+        sessions.len(),
+        users.len(),
+        moka_tokens.entry_count(),
+        moka_ids.entry_count(),
         plain.len(),
         ids.len()
     );

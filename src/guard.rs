@@ -1,16 +1,19 @@
 //! Who is calling: a bearer token → a `Principal`, through a cache of verified tokens so that
 //! a repeated token costs neither a signature check nor a network round trip.
 //!
-//! `fast` is the check endpoint's hot path: a moka lookup by the token text (borrowed, so no
-//! allocation), an expiry comparison and `Revocation::cached`. `authenticate` adds the slow
+//! `fast` is the check endpoint's hot path: a lookup by the token's SHA-256 digest, an expiry
+//! comparison and `Revocation::cached`. `authenticate` adds the slow
 //! path behind it: signature verification and, when memory cannot tell, Redis or PostgreSQL.
 
+use std::collections::HashMap;
+use std::ops::Deref;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
-use moka::sync::Cache;
 use uuid::Uuid;
+
+use crate::cache::Compact;
 
 use crate::config;
 use crate::revocation::{Cached, Revocation, Unavailable};
@@ -24,14 +27,13 @@ pub struct Principal {
     pub user: Uuid,
     /// The session.
     pub session: Uuid,
-    /// Role names the token carries (current: a stale token never becomes a principal).
-    pub roles: Vec<String>,
+    /// Role names the token carries (current: a stale token never becomes a principal),
+    /// shared by every principal with the same roles.
+    pub roles: Arc<Roles>,
     /// The token's roles version.
     pub rv: i64,
     /// Expiry, Unix seconds.
     pub exp: i64,
-    /// Identity header values for the gateway, rendered once per token.
-    pub headers: IdentityHeaders,
     /// The revocation epoch at which this token was last found valid (0: never).
     checked_epoch: AtomicU64,
     /// When (Unix seconds) it was.
@@ -39,6 +41,37 @@ pub struct Principal {
 }
 
 impl Principal {
+    /// The identity header values for the gateway. The ids are rendered on each call (two
+    /// small copies, cheaper than keeping them per cached token); the roles value is shared.
+    pub fn headers(&self) -> IdentityHeaders {
+        let render = |id: &Uuid| {
+            Bytes::copy_from_slice(
+                id.hyphenated()
+                    .encode_lower(&mut Uuid::encode_buffer())
+                    .as_bytes(),
+            )
+        };
+        IdentityHeaders {
+            user_id: render(&self.user),
+            roles: self.roles.header.clone(),
+            session_id: render(&self.session),
+        }
+    }
+
+    /// A principal from verified claims, its roles shared through `roles`.
+    fn new(c: AccessClaims, roles: &RoleSets) -> Self {
+        let roles = roles.share(c.roles);
+        Principal {
+            user: c.sub,
+            session: c.sid,
+            roles,
+            rv: c.rv,
+            exp: c.exp,
+            checked_epoch: AtomicU64::new(0),
+            checked_at: AtomicI64::new(0),
+        }
+    }
+
     /// Whether it was found valid at `epoch` less than `within` seconds before `now`.
     fn still_valid(&self, epoch: u64, now: i64, within: i64) -> bool {
         self.checked_epoch.load(Ordering::Acquire) == epoch
@@ -54,6 +87,52 @@ impl Principal {
     }
 }
 
+/// A token's role names and their `x-user-roles` value (comma-separated).
+#[derive(Debug)]
+pub struct Roles {
+    names: Vec<String>,
+    header: Bytes,
+}
+
+impl Roles {
+    fn new(names: Vec<String>) -> Self {
+        Roles {
+            header: Bytes::from(names.join(",")),
+            names,
+        }
+    }
+}
+
+impl Deref for Roles {
+    type Target = [String];
+    fn deref(&self) -> &[String] {
+        &self.names
+    }
+}
+
+/// The distinct role sets seen, so that the cached principals share them: there are few
+/// (one per combination of roles in use) against one principal per session.
+#[derive(Default)]
+struct RoleSets(Mutex<HashMap<Vec<String>, Arc<Roles>>>);
+
+/// Distinct role sets kept at most; past it the set starts again (sharing is only a saving).
+const MAX_ROLE_SETS: usize = 10_000;
+
+impl RoleSets {
+    fn share(&self, names: Vec<String>) -> Arc<Roles> {
+        let mut sets = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(roles) = sets.get(&names) {
+            return roles.clone();
+        }
+        if sets.len() >= MAX_ROLE_SETS {
+            sets.clear();
+        }
+        let roles = Arc::new(Roles::new(names.clone()));
+        sets.insert(names, roles.clone());
+        roles
+    }
+}
+
 /// `x-user-id`, `x-user-roles`, `x-session-id` as bytes ready for a header value.
 #[derive(Debug, Clone)]
 pub struct IdentityHeaders {
@@ -66,23 +145,20 @@ pub struct IdentityHeaders {
 }
 
 impl From<AccessClaims> for Principal {
+    /// A principal with roles of its own (not shared).
     fn from(c: AccessClaims) -> Self {
-        let headers = IdentityHeaders {
-            user_id: Bytes::from(c.sub.to_string()),
-            roles: Bytes::from(c.roles.join(",")),
-            session_id: Bytes::from(c.sid.to_string()),
-        };
-        Principal {
-            user: c.sub,
-            session: c.sid,
-            roles: c.roles,
-            rv: c.rv,
-            exp: c.exp,
-            headers,
-            checked_epoch: AtomicU64::new(0),
-            checked_at: AtomicI64::new(0),
-        }
+        Principal::new(c, &RoleSets::default())
     }
+}
+
+/// The cache key of a token: its SHA-256 digest. SHA-256 is collision resistant, so two
+/// different token texts never share a key and a lookup by digest answers exactly what a
+/// lookup by the text would; the key takes 32 bytes instead of the token's ≈ 480.
+pub fn token_key(token: &str) -> [u8; 32] {
+    let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+    let mut key = [0; 32];
+    key.copy_from_slice(digest.as_ref());
+    key
 }
 
 /// Why a token did not make a principal.
@@ -98,7 +174,9 @@ pub enum Refused {
 
 /// The verified-token cache.
 pub struct Guard {
-    verified: Cache<String, Arc<Principal>>,
+    verified: Compact<[u8; 32], Arc<Principal>>,
+    ttl: std::time::Duration,
+    roles: RoleSets,
     /// Bumped by `forget_all`: a verification that began before it is not cached after it.
     generation: AtomicU64,
     hits: AtomicU64,
@@ -109,10 +187,9 @@ impl Guard {
     /// An empty cache.
     pub fn new(cache: &config::Cache, access_ttl: std::time::Duration) -> Self {
         Guard {
-            verified: Cache::builder()
-                .max_capacity(cache.tokens)
-                .time_to_live(access_ttl)
-                .build(),
+            verified: Compact::new(cache.tokens),
+            ttl: access_ttl,
+            roles: RoleSets::default(),
             generation: AtomicU64::new(0),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
@@ -123,7 +200,7 @@ impl Guard {
     /// it after the keys changed.
     pub fn forget_all(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
-        self.verified.invalidate_all();
+        self.verified.clear();
     }
 
     /// `(answered from memory, needed more)` since start.
@@ -157,7 +234,7 @@ impl Guard {
         token: &str,
         now: i64,
     ) -> Option<Result<Arc<Principal>, TokenError>> {
-        let principal = self.verified.get(token)?;
+        let principal = self.verified.get(&token_key(token))?;
         if now >= principal.exp {
             return Some(Err(TokenError::Expired));
         }
@@ -192,6 +269,32 @@ impl Guard {
         self.slow(tokens, revocation, token).await
     }
 
+    /// Caches a verified token's principal under `key` (`token_key`), unless `forget_all`
+    /// ran since `generation` (read before the verification) was read.
+    pub fn admit(&self, key: [u8; 32], claims: AccessClaims, generation: u64) -> Arc<Principal> {
+        let p = Arc::new(Principal::new(claims, &self.roles));
+        self.verified.insert(key, p.clone(), self.ttl);
+        if self.generation.load(Ordering::Acquire) != generation {
+            self.verified.remove(&key);
+        }
+        p
+    }
+
+    /// The current generation, to hand to `admit`.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Verified tokens held.
+    pub fn len(&self) -> usize {
+        self.verified.len()
+    }
+
+    /// Whether no verified token is held.
+    pub fn is_empty(&self) -> bool {
+        self.verified.is_empty()
+    }
+
     /// What `authenticate` does after `fast` returned `None`: verify the signature (once per
     /// token) and ask Redis or PostgreSQL what memory could not tell.
     pub async fn slow(
@@ -200,21 +303,17 @@ impl Guard {
         revocation: &Revocation,
         token: &str,
     ) -> Result<Arc<Principal>, Refused> {
-        let principal = match self.verified.get(token) {
+        let key = token_key(token);
+        let principal = match self.verified.get(&key) {
             Some(p) => p,
             None => {
                 // Read before verifying: if the keys change meanwhile, this verification may
                 // have used a retired key, and must not outlive the change in the cache.
                 // Checked after inserting, so a `forget_all` either sees the entry (and clears
                 // it) or bumps the generation before this check (and the entry goes here).
-                let generation = self.generation.load(Ordering::Acquire);
+                let generation = self.generation();
                 let claims = tokens.verify(token).map_err(Refused::Token)?;
-                let p = Arc::new(Principal::from(claims));
-                self.verified.insert(token.to_owned(), p.clone());
-                if self.generation.load(Ordering::Acquire) != generation {
-                    self.verified.invalidate(token);
-                }
-                p
+                self.admit(key, claims, generation)
             }
         };
         let epoch = revocation.epoch();
@@ -274,7 +373,7 @@ mod tests {
             rv: 1,
             typ: "access".into(),
         });
-        assert_eq!(&p.headers.roles[..], b"user,critic");
+        assert_eq!(&p.headers().roles[..], b"user,critic");
         assert!(!p.still_valid(0, 100, 5), "never checked");
         // The feed was down: nothing to remember.
         p.remember(None, 100);
@@ -355,5 +454,44 @@ mod tests {
         let refused = s.guard.slow(&s.tokens, &s.revocation, &forged).await;
         assert!(matches!(refused, Err(Refused::Token(TokenError::Invalid))));
         assert!(fast(&s, &forged, claims.iat).is_none());
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod shared_roles {
+    use super::*;
+
+    #[test]
+    fn principals_with_the_same_roles_share_them_and_render_their_headers() {
+        let tokens = Tokens::ephemeral(&config::Tokens::default()).unwrap();
+        let guard = Guard::new(
+            &config::Cache::default(),
+            std::time::Duration::from_secs(60),
+        );
+        let roles = vec!["critic".to_owned(), "user".to_owned()];
+        let admitted: Vec<_> = (0..2)
+            .map(|_| {
+                let (token, claims) = tokens
+                    .issue(Uuid::new_v4(), Uuid::new_v4(), roles.clone(), 0)
+                    .unwrap();
+                (token_key(&token), guard.admit(token_key(&token), claims, 0))
+            })
+            .collect();
+        let (a, b) = (&admitted[0].1, &admitted[1].1);
+        assert!(Arc::ptr_eq(&a.roles, &b.roles));
+        assert_eq!(&a.roles[..], &roles[..]);
+        let h = a.headers();
+        assert_eq!(h.user_id, a.user.to_string());
+        assert_eq!(h.session_id, a.session.to_string());
+        assert_eq!(h.roles, "critic,user");
+        // each token finds its own principal by its digest
+        for (key, p) in &admitted {
+            let found = guard.verified.get(key).unwrap();
+            assert!(Arc::ptr_eq(&found, p));
+        }
+        assert_eq!(guard.len(), 2);
+        guard.forget_all();
+        assert!(guard.is_empty());
     }
 }

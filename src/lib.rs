@@ -20,7 +20,8 @@
 //! - `guard` — bearer token → `Principal`, through the verified-token cache.
 //! - `tokens` — JWT signing and verification, keys, JWKS, refresh tokens, `TokenError`.
 //! - `passwords` — Argon2id on a bounded blocking pool.
-//! - `revocation` — revoked sessions and roles versions: moka, Redis, PostgreSQL.
+//! - `revocation` — revoked sessions and roles versions: memory, Redis, PostgreSQL.
+//! - `cache` — the bounded, expiring maps of the check path (verified tokens, revocation).
 //! - `change` — the messages of the change feed (`feed`).
 //! - `permissions` — the built-in `Permission`s, the catalog and the roles → permissions snapshot.
 //! - `routes` — the gateway route map: parse, validate, normalise, match, reload.
@@ -34,6 +35,7 @@
 
 pub mod app;
 pub mod attempts;
+pub mod cache;
 pub mod change;
 pub mod cli;
 pub mod config;

@@ -36,10 +36,25 @@ fn issue(
     session: Uuid,
     refresh_token: String,
 ) -> Result<Issued, DomainError> {
-    let (access_token, claims) =
-        state
-            .tokens
-            .issue(user.id, session, user.roles.clone(), user.roles_version)?;
+    issue_for(
+        state,
+        user.id,
+        user.roles.clone(),
+        user.roles_version,
+        session,
+        refresh_token,
+    )
+}
+
+fn issue_for(
+    state: &State,
+    user: Uuid,
+    roles: Vec<String>,
+    roles_version: i64,
+    session: Uuid,
+    refresh_token: String,
+) -> Result<Issued, DomainError> {
+    let (access_token, claims) = state.tokens.issue(user, session, roles, roles_version)?;
     Ok(Issued {
         access_token,
         refresh_token,
@@ -175,37 +190,34 @@ pub async fn refresh(
     // successor, so concurrent or replayed refreshes continue one chain, never fork it.
     let (new_token, new_hash) = state.tokens.successor(refresh_token);
     let cfg = &state.config.tokens;
-    let mut db = store::conn(&state.db).await?;
-    let tx = db.transaction().await?;
-    let outcome = store::sessions::rotate(
-        &tx,
-        &old_hash,
-        &new_hash,
-        cfg.refresh_grace.0.as_secs_f64(),
-        cfg.refresh_ttl.0.as_secs_f64(),
-    )
-    .await?;
-    let (session, user_id) = match outcome {
-        Refreshed::Unknown => return Err(TokenError::Invalid.into()),
-        Refreshed::Ended => return Err(TokenError::Revoked.into()),
-        Refreshed::Reused { session, user } => {
-            history::record(&tx, user, Event::SessionRevoked, origin, Some(session)).await?;
-            tx.commit().await?;
+    // One statement: the connection goes back to the pool before the token is signed.
+    let outcome = {
+        let db = store::conn(&state.db).await?;
+        store::sessions::rotate(
+            &db,
+            &old_hash,
+            &new_hash,
+            cfg.refresh_grace.0.as_secs_f64(),
+            cfg.refresh_ttl.0.as_secs_f64(),
+            origin,
+        )
+        .await?
+    };
+    match outcome {
+        Refreshed::Unknown => Err(TokenError::Invalid.into()),
+        Refreshed::Ended => Err(TokenError::Revoked.into()),
+        Refreshed::Reused { session, .. } => {
             tracing::warn!(%session, "refresh token replayed after its grace window; session revoked");
             state.revocation.sessions_revoked(&[session]).await;
-            return Err(TokenError::RefreshReused.into());
+            Err(TokenError::RefreshReused.into())
         }
-        Refreshed::Rotated { session, user } => (session, user),
-    };
-    let user = store::users::by_id(&tx, user_id)
-        .await?
-        .ok_or(DomainError::Token(TokenError::Revoked))?;
-    if user.disabled {
-        return Err(TokenError::Revoked.into());
+        Refreshed::Rotated {
+            session,
+            user,
+            roles,
+            roles_version,
+        } => issue_for(state, user, roles, roles_version, session, new_token),
     }
-    history::record(&tx, user.id, Event::Refresh, origin, Some(session)).await?;
-    tx.commit().await?;
-    issue(state, &user, session, new_token)
 }
 
 /// Ends the caller's session.

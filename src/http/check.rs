@@ -258,7 +258,7 @@ fn holds(snapshot: &Snapshot, roles: &[String], required: &[Arc<str>]) -> bool {
     })
 }
 
-/// 200, empty body, identity headers from values rendered once per token.
+/// 200, empty body, identity headers (ids rendered, roles shared per role set).
 fn allowed(allow: Allow) -> Response {
     let mut response = full(StatusCode::OK, Bytes::new());
     let headers = response.headers_mut();
@@ -267,7 +267,7 @@ fn allowed(allow: Allow) -> Response {
             headers.insert(X_USER_ROLES, HeaderValue::from_static(NON_REGISTERED));
         }
         Allow::User(who) => {
-            let id = &who.headers;
+            let id = who.headers();
             for (name, value) in [
                 (X_USER_ID, &id.user_id),
                 (X_USER_ROLES, &id.roles),

@@ -191,7 +191,7 @@ fn allowed(allow: Allow, sent: HttpRequest) -> CheckResponse {
             &IDENTITY[1..2],
         ),
         Allow::User(who) => {
-            let h = &who.headers;
+            let h = who.headers();
             let headers = [&h.user_id, &h.roles, &h.session_id]
                 .into_iter()
                 .zip(IDENTITY)

@@ -4,7 +4,7 @@
 //! PostgreSQL is the truth (`sessions.revoked_at`, `users.roles_version`). Redis mirrors what
 //! matters for the lifetime of an access token in a few hashes, `marks:<0..16>` (every key is
 //! named in `kv::keys`): field `s:<sid>` for an ended session, `u:<uid>` for a user's lowest
-//! acceptable roles version, and `synced` saying the hash is complete. Each replica keeps two moka caches in front, and a
+//! acceptable roles version, and `synced` saying the hash is complete. Each replica keeps two compact caches in front, and a
 //! change feed (Redis pub/sub, see `feed`) writes every change into every replica's caches as
 //! it happens.
 //!
@@ -20,13 +20,13 @@
 //! - a fetched answer never undoes a newer one from the feed (revoked: `or`, versions: `max`),
 //!   and a fetch that began before the caches were cleared does not store what it found.
 //!
-//! The caches are lock-free reads (moka's concurrent hash map); nothing here holds a lock
+//! The caches are sharded maps read under a shard's read lock; nothing here holds a lock
 //! across an `.await`, and the one mutex (the queue of pending changes) is taken only when a
 //! change is made or retried, never on a check. On top of the caches, an epoch counter lets
 //! the hot path skip both lookups for a token it already found valid when nothing that could
 //! revoke it has happened since.
 //!
-//! Files: `cache` holds the two moka caches and when to believe them, `marks` the Redis
+//! Files: `cache` holds the two caches and when to believe them, `marks` the Redis
 //! mirror (reads, writes, rebuild, pruning), `mend` the queue of changes that did not reach
 //! Redis yet and the task that retries them.
 

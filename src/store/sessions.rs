@@ -5,7 +5,7 @@ use deadpool_postgres::GenericClient;
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::history::Origin;
+use super::history::{Event, Origin};
 use super::Result;
 
 /// A session as its owner sees it.
@@ -51,18 +51,23 @@ pub async fn create(
 /// What became of a presented refresh token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refreshed {
-    /// Rotated: the new token is stored.
+    /// Rotated: the new token is stored, the session extended and the refresh recorded.
     Rotated {
         /// The session.
         session: Uuid,
         /// Its user.
         user: Uuid,
+        /// The user's role names, sorted, as of the rotation.
+        roles: Vec<String>,
+        /// The user's roles version, as of the rotation.
+        roles_version: i64,
     },
     /// No such token.
     Unknown,
-    /// The session was revoked or has expired.
+    /// The session was revoked or has expired, or its user is disabled or gone: nothing
+    /// changed.
     Ended,
-    /// Used before, outside the grace window: the session is now revoked.
+    /// Used before, outside the grace window: the session is now revoked (and recorded).
     Reused {
         /// The session, now revoked.
         session: Uuid,
@@ -71,66 +76,95 @@ pub enum Refreshed {
     },
 }
 
-/// Rotates a refresh token inside the caller's transaction: `new_hash` is the hash of its
-/// successor, which the caller derives from the token, so it is the same on every use. Rows
-/// are locked, so concurrent refreshes with one token are ordered; a use within `grace_secs`
-/// of the first one rotates to the same successor again (its row is already there), even
-/// when the successor has been used since: every use within the window continues one chain.
+/// The whole refresh in one statement, so one round trip and no transaction held open across
+/// the network: `found` locks the token's and the session's rows (concurrent refreshes with
+/// one token are ordered; a waiter sees the row as the first one left it), `verdict` decides,
+/// and the data-modifying parts each act only on their verdict. PostgreSQL runs every part
+/// of a `with` to completion, in one snapshot and one implicit transaction.
+const ROTATE: &str = "
+with found as (
+    select rt.session_id, s.user_id, rt.used_at is not null as used,
+           coalesce(rt.used_at > now() - make_interval(secs => $3), false) as in_grace,
+           s.revoked_at is not null or s.expires_at <= now() as ended
+    from refresh_tokens rt join sessions s on s.id = rt.session_id
+    where rt.hash = $1
+    for update of rt, s
+), verdict as (
+    select f.session_id, f.user_id,
+           case when f.ended then 'ended'
+                when f.used and not f.in_grace then 'reused'
+                when coalesce(u.disabled, true) then 'ended'
+                else 'rotated' end as outcome,
+           f.used
+    from found f left join users u on u.id = f.user_id
+), marked as (
+    update refresh_tokens set used_at = now()
+    where hash = $1 and used_at is null
+      and exists (select 1 from verdict where outcome = 'rotated' and not used)
+), successor as (
+    insert into refresh_tokens (hash, session_id)
+    select $2, session_id from verdict where outcome = 'rotated'
+    on conflict (hash) do nothing
+), extended as (
+    update sessions set last_used_at = now(), expires_at = now() + make_interval(secs => $4)
+    where id = (select session_id from verdict where outcome = 'rotated')
+), revoked as (
+    update sessions set revoked_at = now()
+    where id = (select session_id from verdict where outcome = 'reused') and revoked_at is null
+), recorded as (
+    insert into login_history (user_id, event, ip, user_agent, session_id)
+    select user_id, case outcome when 'rotated' then $7 else $8 end, $5, $6, session_id
+    from verdict where outcome in ('rotated', 'reused')
+)
+select v.outcome, v.session_id, v.user_id, coalesce(u.roles_version, 0) as roles_version,
+       coalesce((select array_agg(r.name order by r.name)
+                 from user_roles ur join roles r on r.id = ur.role_id
+                 where ur.user_id = v.user_id), '{}') as roles
+from verdict v left join users u on u.id = v.user_id";
+
+/// Rotates a refresh token in one statement (see `ROTATE`): `new_hash` is the hash of its
+/// successor, which the caller derives from the token, so it is the same on every use. A use
+/// within `grace_secs` of the first one rotates to the same successor again (its row is
+/// already there), even when the successor has been used since: every use within the window
+/// continues one chain. A rotation or a reuse is recorded in the history with `origin`.
 pub async fn rotate(
     db: &impl GenericClient,
     old_hash: &[u8],
     new_hash: &[u8],
     grace_secs: f64,
     ttl_secs: f64,
+    origin: &Origin,
 ) -> Result<Refreshed> {
+    let stmt = db.prepare_cached(ROTATE).await?;
     let row = db
         .query_opt(
-            "select rt.session_id, s.user_id, rt.used_at is not null as used,
-                    coalesce(rt.used_at > now() - make_interval(secs => $2), false) as in_grace,
-                    s.revoked_at is not null or s.expires_at <= now() as ended
-             from refresh_tokens rt join sessions s on s.id = rt.session_id
-             where rt.hash = $1
-             for update of rt, s",
-            &[&old_hash, &grace_secs],
+            &stmt,
+            &[
+                &old_hash,
+                &new_hash,
+                &grace_secs,
+                &ttl_secs,
+                &origin.ip,
+                &origin.user_agent,
+                &Event::Refresh.as_str(),
+                &Event::SessionRevoked.as_str(),
+            ],
         )
         .await?;
     let Some(row) = row else {
         return Ok(Refreshed::Unknown);
     };
-    let (session, user): (Uuid, Uuid) = (row.get(0), row.get(1));
-    let (used, in_grace, ended): (bool, bool, bool) = (row.get(2), row.get(3), row.get(4));
-    if ended {
-        return Ok(Refreshed::Ended);
-    }
-    if used && !in_grace {
-        db.execute(
-            "update sessions set revoked_at = now() where id = $1 and revoked_at is null",
-            &[&session],
-        )
-        .await?;
-        return Ok(Refreshed::Reused { session, user });
-    }
-    if !used {
-        db.execute(
-            "update refresh_tokens set used_at = now() where hash = $1",
-            &[&old_hash],
-        )
-        .await?;
-    }
-    db.execute(
-        "insert into refresh_tokens (hash, session_id) values ($1, $2)
-         on conflict (hash) do nothing",
-        &[&new_hash, &session],
-    )
-    .await?;
-    db.execute(
-        "update sessions set last_used_at = now(),
-                             expires_at = now() + make_interval(secs => $2)
-         where id = $1",
-        &[&session, &ttl_secs],
-    )
-    .await?;
-    Ok(Refreshed::Rotated { session, user })
+    let (session, user): (Uuid, Uuid) = (row.get("session_id"), row.get("user_id"));
+    Ok(match row.get::<_, &str>("outcome") {
+        "rotated" => Refreshed::Rotated {
+            session,
+            user,
+            roles: row.get("roles"),
+            roles_version: row.get("roles_version"),
+        },
+        "reused" => Refreshed::Reused { session, user },
+        _ => Refreshed::Ended,
+    })
 }
 
 /// Ends one session of `user`; `None` when it is not theirs or already ended.

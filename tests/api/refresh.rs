@@ -73,3 +73,58 @@ async fn a_replay_within_the_window_returns_the_same_successor_even_after_it_mov
         (401, "token_revoked".into())
     );
 }
+
+/// The claims of an access token, read without checking its signature.
+fn claims(access: &str) -> Value {
+    use base64::Engine;
+    let payload = access.split('.').nth(1).unwrap();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+#[tokio::test]
+async fn a_refresh_carries_the_current_roles_and_a_disabled_user_changes_nothing() {
+    let app = TestApp::spawn().await;
+    let u = app.user().await;
+    // a role given meanwhile is in the refreshed token, with the new roles version
+    app.sql(&format!(
+        "insert into roles (id, name) values ('{}', 'critic');
+         insert into user_roles (user_id, role_id) select '{id}', id from roles where name = 'critic';
+         update users set roles_version = roles_version + 1 where id = '{id}';",
+        uuid::Uuid::new_v4(),
+        id = u.id
+    ))
+    .await;
+    let (access, t1) = refreshed(&app, &u.refresh).await;
+    let c = claims(&access);
+    assert_eq!(c["roles"], serde_json::json!(["critic", "user"]));
+    assert_eq!(c["rv"], serde_json::json!(1));
+
+    // a disabled user's refresh is refused and leaves the token unused: once the user is
+    // enabled again it still rotates, to a successor, not as a replay
+    app.sql(&format!(
+        "update users set disabled = true where id = '{}'",
+        u.id
+    ))
+    .await;
+    assert_eq!(refresh(&app, &t1).await.status(), 401);
+    app.sql(&format!(
+        "update users set disabled = false where id = '{}'",
+        u.id
+    ))
+    .await;
+    let (access, t2) = refreshed(&app, &t1).await;
+    assert_ne!(t2, t1);
+
+    // both rotations are in the history, the refused one is not
+    let history: Value = app.get_json("/api/v1/auth/history", Some(&access)).await;
+    let events: Vec<&str> = history["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(events, ["refresh", "refresh", "login"]);
+}
