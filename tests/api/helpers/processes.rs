@@ -117,6 +117,12 @@ impl Served {
             .unwrap()
     }
 
+    /// SIGKILL, as a crash or a lost node: no drain, every connection reset at once.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     pub fn sigterm(&self) {
         let status = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
@@ -143,6 +149,16 @@ impl Served {
         }
         drop_database(&self.database).await;
         (status.success(), stderr)
+    }
+}
+
+impl Drop for Served {
+    /// A test that failed half-way leaves no usher running.
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
