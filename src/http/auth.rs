@@ -5,7 +5,7 @@ use serde::Deserialize;
 
 use super::error::ApiError;
 use super::request::Req;
-use super::response::{self, Items, Page, Response};
+use super::response::{self, Items, Response};
 use crate::domain::{registration, users, Credentials, DomainError};
 use crate::guard::Principal;
 use crate::metrics::LoginOutcome;
@@ -98,13 +98,5 @@ pub async fn history_page(
 ) -> Result<Response, ApiError> {
     let (page, per_page) = req.pagination()?;
     let (items, total) = users::history(state, user, page, per_page).await?;
-    response::json(
-        StatusCode::OK,
-        &Page {
-            items,
-            page,
-            per_page,
-            total,
-        },
-    )
+    response::page(items, page, per_page, total)
 }

@@ -26,7 +26,7 @@ use http::{HeaderMap, Request, StatusCode};
 use super::error::ApiError;
 use super::request::bearer;
 use super::response::{full, Response};
-use crate::guard::{Principal, Refused};
+use crate::guard::Principal;
 use crate::metrics::Outcome;
 use crate::permissions::{Snapshot, NON_REGISTERED};
 use crate::routes::{PathError, Requirement, RouteMap};
@@ -237,10 +237,7 @@ async fn judge(
             .guard
             .slow(&state.tokens, &state.revocation, token)
             .await
-            .map_err(|e| match e {
-                Refused::Token(t) => ApiError::Token(t),
-                Refused::Unavailable(u) => ApiError::Unavailable(u.to_string()),
-            })?,
+            .map_err(ApiError::from)?,
     };
     if holds(&state.permissions.snapshot(), &principal.roles, required) {
         Ok(Allow::User(principal))

@@ -7,6 +7,7 @@ use serde::Serialize;
 use super::response::{full, Response};
 pub use crate::domain::FieldError;
 use crate::domain::{Conflict, DomainError};
+use crate::guard::Refused;
 pub use crate::tokens::TokenError;
 
 /// Every error an endpoint can answer with.
@@ -247,6 +248,16 @@ impl ApiError {
 }
 
 /// The one place the domain's refusals become problem details.
+impl From<Refused> for ApiError {
+    /// A refused bearer token: 401 with its code, or 503 when revocation state cannot be read.
+    fn from(e: Refused) -> Self {
+        match e {
+            Refused::Token(t) => ApiError::Token(t),
+            Refused::Unavailable(u) => ApiError::Unavailable(u.to_string()),
+        }
+    }
+}
+
 impl From<DomainError> for ApiError {
     fn from(e: DomainError) -> Self {
         match e {

@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
-use crate::guard::{Principal, Refused};
+use crate::guard::Principal;
 use crate::permissions::Permission;
 use crate::state::State;
 use endpoint::{Access, Endpoint, Unrecognised};
@@ -433,10 +433,7 @@ pub async fn principal(state: &State, req: &Req) -> Result<Arc<Principal>, ApiEr
         .guard
         .authenticate(&state.tokens, &state.revocation, token)
         .await
-        .map_err(|e| match e {
-            Refused::Token(t) => ApiError::Token(t),
-            Refused::Unavailable(u) => ApiError::Unavailable(u.to_string()),
-        })
+        .map_err(ApiError::from)
 }
 
 /// The caller, who must hold `permission` (403 otherwise).

@@ -49,6 +49,24 @@ pub struct Page<T> {
     pub total: i64,
 }
 
+/// `200` with page `page` (of `per_page`) of a list of `total` items.
+pub fn page<T: Serialize>(
+    items: Vec<T>,
+    page: i64,
+    per_page: i64,
+    total: i64,
+) -> Result<Response, ApiError> {
+    json(
+        StatusCode::OK,
+        &Page {
+            items,
+            page,
+            per_page,
+            total,
+        },
+    )
+}
+
 /// An unpaginated list.
 #[derive(Serialize)]
 pub struct Items<T> {

@@ -16,7 +16,7 @@ use uuid::Uuid;
 use super::auth::history_page;
 use super::error::ApiError;
 use super::request::Req;
-use super::response::{self, Items, Page, Response};
+use super::response::{self, Items, Response};
 use crate::domain::users;
 use crate::guard::Principal;
 use crate::state::State;
@@ -32,15 +32,7 @@ pub async fn list(state: &State, req: Req) -> Result<Response, ApiError> {
     let (page, per_page) = req.pagination()?;
     let email = req.query("email").filter(|e| !e.is_empty());
     let (items, total) = users::page(state, email.as_deref(), page, per_page).await?;
-    response::json(
-        StatusCode::OK,
-        &Page {
-            items,
-            page,
-            per_page,
-            total,
-        },
-    )
+    response::page(items, page, per_page, total)
 }
 
 /// `GET /api/v1/users/{id}` — self: `user_self_read`; others: `user_all_read`.
