@@ -330,7 +330,7 @@ pub async fn lock_holder(db: &impl GenericClient, user: Uuid) -> Result<Option<(
             "select exists (select 1 from user_roles ur join roles r on r.id = ur.role_id
                             where ur.user_id = u.id and r.name = 'superuser'),
                     u.disabled
-             from users u where u.id = $1 for update of u",
+             from users u where u.id = $1 for no key update of u",
             &[&user],
         )
         .await?;

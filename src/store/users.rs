@@ -129,7 +129,10 @@ pub async fn password_hash(db: &impl GenericClient, id: Uuid) -> Result<Option<S
 
 /// What a login re-checks inside the transaction that creates its session: the password hash
 /// and whether the user is disabled, with the row locked so that a password change or a
-/// disable (which lock it `for update`) is ordered before or after the login, never beside it.
+/// disable (which lock it `for no key update`) is ordered before or after the login, never
+/// beside it. None of them takes `for update`: the key-share lock that inserting a row which
+/// references the user takes (a refresh's history entry) must not wait on them, or a refresh
+/// holding its session row and a disable waiting for that row would wait on each other.
 /// `writes`: the login will store a new hash, so it takes the stronger lock up front.
 pub async fn lock_for_login(
     db: &impl GenericClient,
@@ -225,7 +228,7 @@ pub async fn set_email(db: &impl GenericClient, id: Uuid, email: &str) -> Result
 pub async fn disable(db: &impl GenericClient, id: Uuid) -> Result<Option<bool>> {
     let row = db
         .query_opt(
-            "select disabled from users where id = $1 for update",
+            "select disabled from users where id = $1 for no key update",
             &[&id],
         )
         .await?;
@@ -243,10 +246,14 @@ pub async fn disable(db: &impl GenericClient, id: Uuid) -> Result<Option<bool>> 
     Ok(Some(true))
 }
 
-/// Locks a user's row for the rest of the transaction; false when there is no such user.
+/// Locks a user's row (`for no key update`, see `lock_for_login`) for the rest of the
+/// transaction; false when there is no such user.
 pub async fn lock(db: &impl GenericClient, id: Uuid) -> Result<bool> {
     Ok(db
-        .query_opt("select 1 from users where id = $1 for update", &[&id])
+        .query_opt(
+            "select 1 from users where id = $1 for no key update",
+            &[&id],
+        )
         .await?
         .is_some())
 }

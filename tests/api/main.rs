@@ -18,6 +18,7 @@ mod helpers;
 mod keys;
 mod login_limits;
 mod operations;
+mod races;
 mod refresh;
 mod revocation;
 mod roles;
