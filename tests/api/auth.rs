@@ -182,7 +182,7 @@ async fn refresh_rotates_and_the_old_token_is_reuse_after_grace() {
     );
     assert_ne!(refresh2, u.refresh);
     assert_eq!(app.me(&access2).await.status(), 200);
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    app.state.clock.advance(Duration::from_millis(400));
     // replay of the used token after the grace window: theft, the session ends
     let replay = app.refresh(&u.refresh).await;
     assert_eq!(problem(replay).await, (401, "refresh_token_reused".into()));
@@ -262,7 +262,7 @@ async fn access_tokens_expire() {
 async fn refresh_tokens_expire_with_their_session() {
     let app = TestApp::spawn_with(|c| c.tokens.refresh_ttl = usher::config::Dur::secs(1)).await;
     let u = app.user().await;
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    app.state.clock.advance(Duration::from_millis(1200));
     let r = app.refresh(&u.refresh).await;
     assert_eq!(problem(r).await.0, 401);
 }

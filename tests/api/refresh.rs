@@ -60,7 +60,7 @@ async fn a_replay_within_the_window_returns_the_same_successor_even_after_it_mov
     assert_eq!(session_count(&app, &access3).await, 1);
 
     // after the window, a replay of a used token is theft: the whole session ends
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    app.state.clock.advance(Duration::from_millis(2100));
     assert_eq!(
         problem(refresh(&app, &u.refresh).await).await,
         (401, "refresh_token_reused".into())
