@@ -140,7 +140,8 @@ async fn sentinel_failover_is_followed_and_no_revoked_token_passes() {
     // The sentinels need to have seen the replica in sync before they fail over to it.
     let asked = eventually(Duration::from_secs(30), || async { set.failover() }).await;
     assert!(asked, "the sentinels should accept SENTINEL FAILOVER");
-    // Logouts on both replicas, one every 100 ms, through the failover.
+    // Logouts on both replicas, one every 100 ms: the pause spreads them over the failover,
+    // which is the point, not a wait for something.
     let logouts = {
         let refused = Arc::clone(&watch.refused);
         let urls = [a.url("/api/v1/auth/logout"), b.url("/api/v1/auth/logout")];
