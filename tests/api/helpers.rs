@@ -236,95 +236,181 @@ impl TestApp {
             .expect("a JSON body")
     }
 
+    /// `request` with `token` sent as a bearer token, or no `Authorization` header when it is
+    /// [`ANONYMOUS`].
+    async fn call(&self, method: Method, path: &str, token: &str, body: Option<Value>) -> Response {
+        let token = (!token.is_empty()).then_some(token);
+        self.request(method, path, token, body).await
+    }
+
+    // One method per operation of the API (`usher::http::endpoint::Endpoint`), answering the
+    // response as it came. `request`, `get` and `post` stay for the tests about paths: bad
+    // input, normalisation, methods, the gateways. Every `token` may be `ANONYMOUS`.
+
+    /// `POST /api/v1/auth/register`.
     pub async fn register(&self, email: &str, password: &str) -> Response {
-        self.post(
-            "/api/v1/auth/register",
-            None,
-            json!({"email": email, "password": password}),
-        )
-        .await
+        let body = json!({"email": email, "password": password});
+        self.call(Method::POST, "/api/v1/auth/register", ANONYMOUS, Some(body))
+            .await
     }
 
+    /// `POST /api/v1/auth/login`.
     pub async fn login(&self, email: &str, password: &str) -> Response {
-        self.post(
-            "/api/v1/auth/login",
-            None,
-            json!({"email": email, "password": password}),
-        )
-        .await
+        let body = json!({"email": email, "password": password});
+        self.call(Method::POST, "/api/v1/auth/login", ANONYMOUS, Some(body))
+            .await
     }
-
-    // One method per endpoint, answering the response as it came; `request` stays for the odd
-    // paths and bodies of the bad-input tests.
 
     /// `POST /api/v1/auth/refresh`.
     pub async fn refresh(&self, refresh_token: &str) -> Response {
-        self.post(
-            "/api/v1/auth/refresh",
-            None,
-            json!({ "refresh_token": refresh_token }),
-        )
-        .await
+        let body = json!({ "refresh_token": refresh_token });
+        self.call(Method::POST, "/api/v1/auth/refresh", ANONYMOUS, Some(body))
+            .await
     }
 
     /// `POST /api/v1/auth/logout`.
     pub async fn logout(&self, token: &str) -> Response {
-        self.post("/api/v1/auth/logout", Some(token), json!({}))
+        self.call(Method::POST, "/api/v1/auth/logout", token, Some(json!({})))
             .await
     }
 
     /// `POST /api/v1/auth/logout-all`.
     pub async fn logout_all(&self, token: &str) -> Response {
-        self.post("/api/v1/auth/logout-all", Some(token), json!({}))
-            .await
+        self.call(
+            Method::POST,
+            "/api/v1/auth/logout-all",
+            token,
+            Some(json!({})),
+        )
+        .await
     }
 
     /// `GET /api/v1/auth/sessions`.
     pub async fn sessions(&self, token: &str) -> Response {
-        self.get("/api/v1/auth/sessions", Some(token)).await
+        self.call(Method::GET, "/api/v1/auth/sessions", token, None)
+            .await
+    }
+
+    /// `DELETE /api/v1/auth/sessions/{id}`.
+    pub async fn end_session(&self, token: &str, session: &str) -> Response {
+        let path = format!("/api/v1/auth/sessions/{session}");
+        self.call(Method::DELETE, &path, token, None).await
     }
 
     /// `GET /api/v1/auth/history`.
     pub async fn login_history(&self, token: &str) -> Response {
-        self.get("/api/v1/auth/history", Some(token)).await
+        self.call(Method::GET, "/api/v1/auth/history", token, None)
+            .await
     }
 
     /// `GET /api/v1/users/me`.
     pub async fn me(&self, token: &str) -> Response {
-        self.get("/api/v1/users/me", Some(token)).await
+        self.call(Method::GET, "/api/v1/users/me", token, None)
+            .await
+    }
+
+    /// `PATCH /api/v1/users/me`.
+    pub async fn update_me(&self, token: &str, body: Value) -> Response {
+        self.call(Method::PATCH, "/api/v1/users/me", token, Some(body))
+            .await
+    }
+
+    /// `DELETE /api/v1/users/me`.
+    pub async fn disable_me(&self, token: &str) -> Response {
+        self.call(Method::DELETE, "/api/v1/users/me", token, None)
+            .await
+    }
+
+    /// `POST /api/v1/users/me/password` with `body` (`old_password`, `new_password`).
+    pub async fn change_password(&self, token: &str, body: Value) -> Response {
+        self.call(Method::POST, "/api/v1/users/me/password", token, Some(body))
+            .await
+    }
+
+    /// `GET /api/v1/users`, with `query` (say `email=films&page=2`) when not empty.
+    pub async fn users(&self, token: &str, query: &str) -> Response {
+        let path = match query {
+            "" => "/api/v1/users".to_owned(),
+            q => format!("/api/v1/users?{q}"),
+        };
+        self.call(Method::GET, &path, token, None).await
     }
 
     /// `GET /api/v1/users/{id}`.
     pub async fn user_by_id(&self, token: &str, id: &str) -> Response {
-        self.get(&format!("/api/v1/users/{id}"), Some(token)).await
+        let path = format!("/api/v1/users/{id}");
+        self.call(Method::GET, &path, token, None).await
+    }
+
+    /// `PATCH /api/v1/users/{id}`.
+    pub async fn update_user(&self, token: &str, id: &str, body: Value) -> Response {
+        let path = format!("/api/v1/users/{id}");
+        self.call(Method::PATCH, &path, token, Some(body)).await
+    }
+
+    /// `DELETE /api/v1/users/{id}`.
+    pub async fn disable_user(&self, token: &str, id: &str) -> Response {
+        let path = format!("/api/v1/users/{id}");
+        self.call(Method::DELETE, &path, token, None).await
+    }
+
+    /// `GET /api/v1/users/{id}/history`.
+    pub async fn user_history(&self, token: &str, id: &str) -> Response {
+        let path = format!("/api/v1/users/{id}/history");
+        self.call(Method::GET, &path, token, None).await
     }
 
     /// `GET /api/v1/users/{id}/roles`.
     pub async fn user_roles(&self, token: &str, id: &str) -> Response {
-        self.get(&format!("/api/v1/users/{id}/roles"), Some(token))
-            .await
+        let path = format!("/api/v1/users/{id}/roles");
+        self.call(Method::GET, &path, token, None).await
     }
 
     /// `PUT /api/v1/users/{id}/roles/{role}`.
     pub async fn give_role(&self, token: &str, id: &str, role: &str) -> Response {
         let path = format!("/api/v1/users/{id}/roles/{role}");
-        self.request(Method::PUT, &path, Some(token), None).await
+        self.call(Method::PUT, &path, token, None).await
     }
 
     /// `DELETE /api/v1/users/{id}/roles/{role}`.
     pub async fn take_role(&self, token: &str, id: &str, role: &str) -> Response {
         let path = format!("/api/v1/users/{id}/roles/{role}");
-        self.request(Method::DELETE, &path, Some(token), None).await
+        self.call(Method::DELETE, &path, token, None).await
     }
 
     /// `GET /api/v1/roles`.
     pub async fn roles(&self, token: &str) -> Response {
-        self.get("/api/v1/roles", Some(token)).await
+        self.call(Method::GET, "/api/v1/roles", token, None).await
+    }
+
+    /// `POST /api/v1/roles`.
+    pub async fn create_role(&self, token: &str, body: Value) -> Response {
+        self.call(Method::POST, "/api/v1/roles", token, Some(body))
+            .await
+    }
+
+    /// `GET /api/v1/roles/{id}`.
+    pub async fn role(&self, token: &str, id: &str) -> Response {
+        let path = format!("/api/v1/roles/{id}");
+        self.call(Method::GET, &path, token, None).await
+    }
+
+    /// `PATCH /api/v1/roles/{id}`.
+    pub async fn update_role(&self, token: &str, id: &str, body: Value) -> Response {
+        let path = format!("/api/v1/roles/{id}");
+        self.call(Method::PATCH, &path, token, Some(body)).await
+    }
+
+    /// `DELETE /api/v1/roles/{id}`.
+    pub async fn delete_role(&self, token: &str, id: &str) -> Response {
+        let path = format!("/api/v1/roles/{id}");
+        self.call(Method::DELETE, &path, token, None).await
     }
 
     /// `GET /api/v1/permissions`.
     pub async fn permissions(&self, token: &str) -> Response {
-        self.get("/api/v1/permissions", Some(token)).await
+        self.call(Method::GET, "/api/v1/permissions", token, None)
+            .await
     }
 
     /// Registers and logs in a fresh user; returns (user id, access token, refresh token).
@@ -395,7 +481,7 @@ impl TestApp {
 
     async fn change_grants(&self, role: &str, change: impl FnOnce(&mut Vec<String>)) {
         let root = self.superuser().await;
-        let roles = self.get_json("/api/v1/roles", Some(&root.access)).await;
+        let roles = json_of(self.roles(&root.access).await).await;
         let found = roles["items"]
             .as_array()
             .expect("a list of roles")
@@ -407,12 +493,7 @@ impl TestApp {
         change(&mut grants);
         let id = found["id"].as_str().unwrap();
         let r = self
-            .request(
-                Method::PATCH,
-                &format!("/api/v1/roles/{id}"),
-                Some(&root.access),
-                Some(json!({ "permissions": grants })),
-            )
+            .update_role(&root.access, id, json!({ "permissions": grants }))
             .await;
         assert_eq!(r.status(), StatusCode::OK, "changing the grants of {role}");
     }
@@ -422,6 +503,14 @@ impl TestApp {
         let db = self.state.db.get().await.unwrap();
         db.batch_execute(statement).await.unwrap();
     }
+}
+
+/// As a token: none, no `Authorization` header at all.
+pub const ANONYMOUS: &str = "";
+
+/// The JSON body of `r`, whatever its status.
+pub async fn json_of(r: Response) -> Value {
+    r.json().await.expect("a JSON body")
 }
 
 /// A signed-in test user.
