@@ -42,19 +42,6 @@ pub fn token_roles(access: &str) -> Value {
     claims["roles"].clone()
 }
 
-pub async fn patch(app: &TestApp, path: &str, token: &str, body: Value) -> reqwest::Response {
-    app.request(Method::PATCH, path, Some(token), Some(body))
-        .await
-}
-
-pub async fn put(app: &TestApp, path: &str, token: &str) -> reqwest::Response {
-    app.request(Method::PUT, path, Some(token), None).await
-}
-
-pub async fn delete(app: &TestApp, path: &str, token: &str) -> reqwest::Response {
-    app.request(Method::DELETE, path, Some(token), None).await
-}
-
 #[tokio::test]
 async fn users_are_listed_by_email_with_pages_and_a_filter() {
     let app = TestApp::spawn().await;
