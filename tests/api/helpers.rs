@@ -303,6 +303,12 @@ impl TestApp {
             .await
     }
 
+    /// `GET /api/v1/auth/history?{query}`: a page of it.
+    pub async fn login_history_page(&self, token: &str, query: &str) -> Response {
+        let path = format!("/api/v1/auth/history?{query}");
+        self.call(Method::GET, &path, token, None).await
+    }
+
     /// `GET /api/v1/users/me`.
     pub async fn me(&self, token: &str) -> Response {
         self.call(Method::GET, "/api/v1/users/me", token, None)
