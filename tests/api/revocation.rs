@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use usher::change::Change;
 use usher::config::{Dur, Secret};
 
-use crate::helpers::{eventually, problem, RedisServer, Signed, TestApp};
+use crate::helpers::{eventually, json_of, problem, RedisServer, Signed, TestApp};
 use crate::users::{admin, role_id};
 
 /// The caches' time to live in these tests: after it, a replica asks Redis again.
@@ -109,7 +109,7 @@ async fn redis_cannot_vouch(app: &TestApp, kind: &str, id: &str) -> bool {
 }
 
 pub async fn session_id(app: &TestApp, u: &Signed) -> String {
-    let list: Value = app.get_json("/api/v1/auth/sessions", Some(&u.access)).await;
+    let list: Value = json_of(app.sessions(&u.access).await).await;
     list["items"][0]["id"].as_str().unwrap().to_owned()
 }
 
@@ -137,13 +137,14 @@ async fn spawn_on(redis: &RedisServer) -> TestApp {
 
 /// Creates the role `editor` (`films_manage`); its id.
 pub async fn editor_role(app: &TestApp, root: &Signed) -> String {
-    let editor: Value = app
-        .post_json(
-            "/api/v1/roles",
-            Some(&root.access),
+    let editor = json_of(
+        app.create_role(
+            &root.access,
             json!({"name": "editor", "permissions": ["films_manage"]}),
         )
-        .await;
+        .await,
+    )
+    .await;
     editor["id"].as_str().unwrap().to_owned()
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::helpers::{eventually, free_port, TestApp};
+use crate::helpers::{eventually, free_port, json_of, TestApp};
 use crate::topology::{wait_for_port, Servers, Watch};
 
 const MASTER_NAME: &str = "usher-test";
@@ -187,9 +187,7 @@ async fn sentinel_failover_is_followed_and_no_revoked_token_passes() {
         "both change feeds should resubscribe to the new master"
     );
     let sid = {
-        let list: serde_json::Value = a
-            .get_json("/api/v1/auth/sessions", Some(&valid.access))
-            .await;
+        let list: serde_json::Value = json_of(a.sessions(&valid.access).await).await;
         list["items"][0]["id"].as_str().unwrap().to_owned()
     };
     assert_eq!(a.logout(&valid.access).await.status(), 204);
