@@ -108,14 +108,8 @@ async fn an_edited_route_map_takes_effect_and_its_new_permissions_join_the_catal
         .as_str()
         .unwrap()
         .to_owned();
-    let r = app
-        .request(
-            reqwest::Method::PATCH,
-            &format!("/api/v1/roles/{user_role}"),
-            Some(&root.access),
-            Some(serde_json::json!({"permissions": ["user_self_read", "posters_upload"]})),
-        )
-        .await;
+    let grants = serde_json::json!({"permissions": ["user_self_read", "posters_upload"]});
+    let r = app.update_role(&root.access, &user_role, grants).await;
     assert_eq!(r.status(), 200);
     let allowed = eventually(Duration::from_secs(1), || async { posting().await == 200 }).await;
     assert!(
