@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 use tokio::sync::oneshot;
 use usher::app::Application;
 use usher::config::{Config, Dur, Secret};
+use usher::http::endpoint::Endpoint;
 
 pub use database::*;
 pub use processes::*;
@@ -236,187 +237,191 @@ impl TestApp {
             .expect("a JSON body")
     }
 
-    /// `request` with `token` sent as a bearer token, or no `Authorization` header when it is
-    /// [`ANONYMOUS`].
-    async fn call(&self, method: Method, path: &str, token: &str, body: Option<Value>) -> Response {
+    /// `endpoint` with `query` (when not empty) and `body`, `token` sent as a bearer token or
+    /// no `Authorization` header when it is [`ANONYMOUS`].
+    async fn call(
+        &self,
+        endpoint: Endpoint<'_>,
+        query: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> Response {
+        let mut path = endpoint.sample_path();
+        if !query.is_empty() {
+            path = format!("{path}?{query}");
+        }
         let token = (!token.is_empty()).then_some(token);
-        self.request(method, path, token, body).await
+        self.request(endpoint.method(), &path, token, body).await
     }
 
-    // One method per operation of the API (`usher::http::endpoint::Endpoint`), answering the
-    // response as it came. `request`, `get` and `post` stay for the tests about paths: bad
-    // input, normalisation, methods, the gateways. Every `token` may be `ANONYMOUS`.
+    // One method per operation of the API, each named by its `Endpoint` (which knows its
+    // method and path), answering the response as it came. `request`, `get` and `post` stay
+    // for the tests about paths: bad input, normalisation, methods, the gateways. Every
+    // `token` may be `ANONYMOUS`.
 
-    /// `POST /api/v1/auth/register`.
+    /// [`Endpoint::Register`].
     pub async fn register(&self, email: &str, password: &str) -> Response {
-        let body = json!({"email": email, "password": password});
-        self.call(Method::POST, "/api/v1/auth/register", ANONYMOUS, Some(body))
-            .await
-    }
-
-    /// `POST /api/v1/auth/login`.
-    pub async fn login(&self, email: &str, password: &str) -> Response {
-        let body = json!({"email": email, "password": password});
-        self.call(Method::POST, "/api/v1/auth/login", ANONYMOUS, Some(body))
-            .await
-    }
-
-    /// `POST /api/v1/auth/refresh`.
-    pub async fn refresh(&self, refresh_token: &str) -> Response {
-        let body = json!({ "refresh_token": refresh_token });
-        self.call(Method::POST, "/api/v1/auth/refresh", ANONYMOUS, Some(body))
-            .await
-    }
-
-    /// `POST /api/v1/auth/logout`.
-    pub async fn logout(&self, token: &str) -> Response {
-        self.call(Method::POST, "/api/v1/auth/logout", token, Some(json!({})))
-            .await
-    }
-
-    /// `POST /api/v1/auth/logout-all`.
-    pub async fn logout_all(&self, token: &str) -> Response {
         self.call(
-            Method::POST,
-            "/api/v1/auth/logout-all",
-            token,
-            Some(json!({})),
+            Endpoint::Register,
+            "",
+            ANONYMOUS,
+            Some(json!({"email": email, "password": password})),
         )
         .await
     }
 
-    /// `GET /api/v1/auth/sessions`.
+    /// [`Endpoint::Login`].
+    pub async fn login(&self, email: &str, password: &str) -> Response {
+        self.call(
+            Endpoint::Login,
+            "",
+            ANONYMOUS,
+            Some(json!({"email": email, "password": password})),
+        )
+        .await
+    }
+
+    /// [`Endpoint::Refresh`].
+    pub async fn refresh(&self, refresh_token: &str) -> Response {
+        self.call(
+            Endpoint::Refresh,
+            "",
+            ANONYMOUS,
+            Some(json!({ "refresh_token": refresh_token })),
+        )
+        .await
+    }
+
+    /// [`Endpoint::Logout`].
+    pub async fn logout(&self, token: &str) -> Response {
+        self.call(Endpoint::Logout, "", token, Some(json!({})))
+            .await
+    }
+
+    /// [`Endpoint::LogoutAll`].
+    pub async fn logout_all(&self, token: &str) -> Response {
+        self.call(Endpoint::LogoutAll, "", token, Some(json!({})))
+            .await
+    }
+
+    /// [`Endpoint::Sessions`].
     pub async fn sessions(&self, token: &str) -> Response {
-        self.call(Method::GET, "/api/v1/auth/sessions", token, None)
-            .await
+        self.call(Endpoint::Sessions, "", token, None).await
     }
 
-    /// `DELETE /api/v1/auth/sessions/{id}`.
+    /// [`Endpoint::EndSession`].
     pub async fn end_session(&self, token: &str, session: &str) -> Response {
-        let path = format!("/api/v1/auth/sessions/{session}");
-        self.call(Method::DELETE, &path, token, None).await
+        self.call(Endpoint::EndSession { session }, "", token, None)
+            .await
     }
 
-    /// `GET /api/v1/auth/history`.
+    /// [`Endpoint::OwnHistory`].
     pub async fn login_history(&self, token: &str) -> Response {
-        self.call(Method::GET, "/api/v1/auth/history", token, None)
-            .await
+        self.call(Endpoint::OwnHistory, "", token, None).await
     }
 
-    /// `GET /api/v1/auth/history?{query}`: a page of it.
+    /// [`Endpoint::OwnHistory`] with `query` (say `page=2&per_page=2`).
     pub async fn login_history_page(&self, token: &str, query: &str) -> Response {
-        let path = format!("/api/v1/auth/history?{query}");
-        self.call(Method::GET, &path, token, None).await
+        self.call(Endpoint::OwnHistory, query, token, None).await
     }
 
-    /// `GET /api/v1/users/me`.
+    /// [`Endpoint::Me`].
     pub async fn me(&self, token: &str) -> Response {
-        self.call(Method::GET, "/api/v1/users/me", token, None)
-            .await
+        self.call(Endpoint::Me, "", token, None).await
     }
 
-    /// `PATCH /api/v1/users/me`.
+    /// [`Endpoint::UpdateMe`].
     pub async fn update_me(&self, token: &str, body: Value) -> Response {
-        self.call(Method::PATCH, "/api/v1/users/me", token, Some(body))
-            .await
+        self.call(Endpoint::UpdateMe, "", token, Some(body)).await
     }
 
-    /// `DELETE /api/v1/users/me`.
+    /// [`Endpoint::DisableMe`].
     pub async fn disable_me(&self, token: &str) -> Response {
-        self.call(Method::DELETE, "/api/v1/users/me", token, None)
-            .await
+        self.call(Endpoint::DisableMe, "", token, None).await
     }
 
-    /// `POST /api/v1/users/me/password` with `body` (`old_password`, `new_password`).
+    /// [`Endpoint::ChangePassword`] with `body` (`old_password`, `new_password`).
     pub async fn change_password(&self, token: &str, body: Value) -> Response {
-        self.call(Method::POST, "/api/v1/users/me/password", token, Some(body))
+        self.call(Endpoint::ChangePassword, "", token, Some(body))
             .await
     }
 
-    /// `GET /api/v1/users`, with `query` (say `email=films&page=2`) when not empty.
+    /// [`Endpoint::Users`], with `query` (say `email=films&page=2`) when not empty.
     pub async fn users(&self, token: &str, query: &str) -> Response {
-        let path = match query {
-            "" => "/api/v1/users".to_owned(),
-            q => format!("/api/v1/users?{q}"),
-        };
-        self.call(Method::GET, &path, token, None).await
+        self.call(Endpoint::Users, query, token, None).await
     }
 
-    /// `GET /api/v1/users/{id}`.
-    pub async fn user_by_id(&self, token: &str, id: &str) -> Response {
-        let path = format!("/api/v1/users/{id}");
-        self.call(Method::GET, &path, token, None).await
+    /// [`Endpoint::User`].
+    pub async fn user_by_id(&self, token: &str, user: &str) -> Response {
+        self.call(Endpoint::User { user }, "", token, None).await
     }
 
-    /// `PATCH /api/v1/users/{id}`.
-    pub async fn update_user(&self, token: &str, id: &str, body: Value) -> Response {
-        let path = format!("/api/v1/users/{id}");
-        self.call(Method::PATCH, &path, token, Some(body)).await
+    /// [`Endpoint::UpdateUser`].
+    pub async fn update_user(&self, token: &str, user: &str, body: Value) -> Response {
+        self.call(Endpoint::UpdateUser { user }, "", token, Some(body))
+            .await
     }
 
-    /// `DELETE /api/v1/users/{id}`.
-    pub async fn disable_user(&self, token: &str, id: &str) -> Response {
-        let path = format!("/api/v1/users/{id}");
-        self.call(Method::DELETE, &path, token, None).await
+    /// [`Endpoint::DisableUser`].
+    pub async fn disable_user(&self, token: &str, user: &str) -> Response {
+        self.call(Endpoint::DisableUser { user }, "", token, None)
+            .await
     }
 
-    /// `GET /api/v1/users/{id}/history`.
-    pub async fn user_history(&self, token: &str, id: &str) -> Response {
-        let path = format!("/api/v1/users/{id}/history");
-        self.call(Method::GET, &path, token, None).await
+    /// [`Endpoint::UserHistory`].
+    pub async fn user_history(&self, token: &str, user: &str) -> Response {
+        self.call(Endpoint::UserHistory { user }, "", token, None)
+            .await
     }
 
-    /// `GET /api/v1/users/{id}/roles`.
-    pub async fn user_roles(&self, token: &str, id: &str) -> Response {
-        let path = format!("/api/v1/users/{id}/roles");
-        self.call(Method::GET, &path, token, None).await
+    /// [`Endpoint::UserRoles`].
+    pub async fn user_roles(&self, token: &str, user: &str) -> Response {
+        self.call(Endpoint::UserRoles { user }, "", token, None)
+            .await
     }
 
-    /// `PUT /api/v1/users/{id}/roles/{role}`.
-    pub async fn give_role(&self, token: &str, id: &str, role: &str) -> Response {
-        let path = format!("/api/v1/users/{id}/roles/{role}");
-        self.call(Method::PUT, &path, token, None).await
+    /// [`Endpoint::AssignRole`].
+    pub async fn give_role(&self, token: &str, user: &str, role: &str) -> Response {
+        self.call(Endpoint::AssignRole { user, role }, "", token, None)
+            .await
     }
 
-    /// `DELETE /api/v1/users/{id}/roles/{role}`.
-    pub async fn take_role(&self, token: &str, id: &str, role: &str) -> Response {
-        let path = format!("/api/v1/users/{id}/roles/{role}");
-        self.call(Method::DELETE, &path, token, None).await
+    /// [`Endpoint::RemoveRole`].
+    pub async fn take_role(&self, token: &str, user: &str, role: &str) -> Response {
+        self.call(Endpoint::RemoveRole { user, role }, "", token, None)
+            .await
     }
 
-    /// `GET /api/v1/roles`.
+    /// [`Endpoint::Roles`].
     pub async fn roles(&self, token: &str) -> Response {
-        self.call(Method::GET, "/api/v1/roles", token, None).await
+        self.call(Endpoint::Roles, "", token, None).await
     }
 
-    /// `POST /api/v1/roles`.
+    /// [`Endpoint::CreateRole`].
     pub async fn create_role(&self, token: &str, body: Value) -> Response {
-        self.call(Method::POST, "/api/v1/roles", token, Some(body))
+        self.call(Endpoint::CreateRole, "", token, Some(body)).await
+    }
+
+    /// [`Endpoint::Role`].
+    pub async fn role(&self, token: &str, role: &str) -> Response {
+        self.call(Endpoint::Role { role }, "", token, None).await
+    }
+
+    /// [`Endpoint::UpdateRole`].
+    pub async fn update_role(&self, token: &str, role: &str, body: Value) -> Response {
+        self.call(Endpoint::UpdateRole { role }, "", token, Some(body))
             .await
     }
 
-    /// `GET /api/v1/roles/{id}`.
-    pub async fn role(&self, token: &str, id: &str) -> Response {
-        let path = format!("/api/v1/roles/{id}");
-        self.call(Method::GET, &path, token, None).await
+    /// [`Endpoint::DeleteRole`].
+    pub async fn delete_role(&self, token: &str, role: &str) -> Response {
+        self.call(Endpoint::DeleteRole { role }, "", token, None)
+            .await
     }
 
-    /// `PATCH /api/v1/roles/{id}`.
-    pub async fn update_role(&self, token: &str, id: &str, body: Value) -> Response {
-        let path = format!("/api/v1/roles/{id}");
-        self.call(Method::PATCH, &path, token, Some(body)).await
-    }
-
-    /// `DELETE /api/v1/roles/{id}`.
-    pub async fn delete_role(&self, token: &str, id: &str) -> Response {
-        let path = format!("/api/v1/roles/{id}");
-        self.call(Method::DELETE, &path, token, None).await
-    }
-
-    /// `GET /api/v1/permissions`.
+    /// [`Endpoint::Permissions`].
     pub async fn permissions(&self, token: &str) -> Response {
-        self.call(Method::GET, "/api/v1/permissions", token, None)
-            .await
+        self.call(Endpoint::Permissions, "", token, None).await
     }
 
     /// Registers and logs in a fresh user; returns (user id, access token, refresh token).
