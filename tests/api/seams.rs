@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::helpers::{eventually, json_of, TestApp};
+use crate::helpers::{eventually, json_of, TestApp, ANONYMOUS};
 
 /// The text of `/metrics`.
 pub async fn metrics(app: &TestApp) -> String {
@@ -35,9 +35,9 @@ async fn series(app: &TestApp) -> BTreeSet<String> {
 async fn junk(app: &TestApp, round: &str) {
     for i in 0..20 {
         let id = format!("{round}-{i}-{}", uuid::Uuid::new_v4().simple());
-        let r = app.get(&format!("/api/v1/users/{id}"), None).await;
+        let r = app.user_by_id(ANONYMOUS, &id).await;
         assert_eq!(r.status(), 401);
-        let r = app.get(&format!("/api/v1/users/{id}/history"), None).await;
+        let r = app.user_history(ANONYMOUS, &id).await;
         assert_eq!(r.status(), 401);
         let r = app
             .client
