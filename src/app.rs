@@ -107,6 +107,7 @@ impl Application {
             guard,
             routes: Arc::new(ArcSwap::from_pointee(routes)),
             metrics: crate::metrics::Metrics::default(),
+            clock: crate::clock::Clock::default(),
             draining: AtomicBool::new(false),
         });
         Ok(Application {

@@ -32,6 +32,7 @@ pub async fn run(state: Arc<State>, mut shutdown: watch::Receiver<bool>) {
             Ok(()) => return,
             Err(e) => {
                 state.revocation.feed_lost();
+                state.metrics.feed_failure();
                 if was_up {
                     (delay, said_down) = (RETRY.0, false);
                 }

@@ -23,6 +23,7 @@
 //! - `revocation` — revoked sessions and roles versions: memory, Redis, PostgreSQL.
 //! - `cache` — the bounded, expiring maps of the check path (verified tokens, revocation).
 //! - `change` — the messages of the change feed (`feed`).
+//! - `clock` — the time refresh rotation judges by; tests move it forward.
 //! - `permissions` — the built-in `Permission`s, the catalog and the roles → permissions snapshot.
 //! - `routes` — the gateway route map: parse, validate, normalise, match, reload.
 //! - `kv` — the Redis handle (standalone, Sentinel, Cluster); `kv::keys` names every key.
@@ -38,6 +39,7 @@ pub mod attempts;
 pub mod cache;
 pub mod change;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod domain;
 pub mod feed;

@@ -152,6 +152,8 @@ pub struct Metrics {
     pruned: [AtomicU64; 3],
     /// Change-feed messages no replica of this version reads.
     feed_unknown: AtomicU64,
+    /// Attempts to subscribe to the change feed that failed (or subscriptions that dropped).
+    feed_failures: AtomicU64,
     /// Route map reloads: loaded, refused.
     route_reloads: [AtomicU64; 2],
 }
@@ -183,6 +185,7 @@ impl Default for Metrics {
             logins: Default::default(),
             pruned: Default::default(),
             feed_unknown: AtomicU64::new(0),
+            feed_failures: AtomicU64::new(0),
             route_reloads: Default::default(),
         }
     }
@@ -247,6 +250,11 @@ impl Metrics {
     /// A change-feed message that was not understood.
     pub fn feed_unknown(&self) {
         self.feed_unknown.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The change feed could not subscribe, or its subscription dropped.
+    pub fn feed_failure(&self) {
+        self.feed_failures.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The route map file changed (or SIGHUP): `loaded` tells whether the new map is in force.
@@ -354,6 +362,13 @@ impl Metrics {
             "Change-feed messages not understood (from a newer version, or not from usher), ignored.",
             "counter",
             self.feed_unknown.load(Ordering::Relaxed),
+        );
+        gauge(
+            &mut out,
+            "usher_change_feed_failures_total",
+            "Change-feed subscriptions that failed or dropped (each followed by a retry).",
+            "counter",
+            self.feed_failures.load(Ordering::Relaxed),
         );
         gauge(
             &mut out,

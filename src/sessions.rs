@@ -199,6 +199,7 @@ pub async fn refresh(
             &new_hash,
             cfg.refresh_grace.0.as_secs_f64(),
             cfg.refresh_ttl.0.as_secs_f64(),
+            state.clock.ahead_secs(),
             origin,
         )
         .await?

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use deadpool_postgres::Pool;
 
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::guard::Guard;
 use crate::kv::Kv;
@@ -39,6 +40,8 @@ pub struct State {
     pub routes: Arc<ArcSwap<RouteMap>>,
     /// Counters and histograms for `/metrics`.
     pub metrics: crate::metrics::Metrics,
+    /// The time refresh rotation judges by.
+    pub clock: Clock,
     /// Set on SIGTERM: `/readyz` answers 503 while requests are still served.
     pub draining: AtomicBool,
 }

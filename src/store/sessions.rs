@@ -80,13 +80,16 @@ pub enum Refreshed {
 /// the network: `found` locks the token's and the session's rows (concurrent refreshes with
 /// one token are ordered; a waiter sees the row as the first one left it), `verdict` decides,
 /// and the data-modifying parts each act only on their verdict. PostgreSQL runs every part
-/// of a `with` to completion, in one snapshot and one implicit transaction.
+/// of a `with` to completion, in one snapshot and one implicit transaction. `clock` is the
+/// time it judges by: `now()` moved forward by `$9` seconds (zero but in tests).
 const ROTATE: &str = "
-with found as (
+with clock as (
+    select now() + make_interval(secs => $9) as now
+), found as (
     select rt.session_id, s.user_id, rt.used_at is not null as used,
-           coalesce(rt.used_at > now() - make_interval(secs => $3), false) as in_grace,
-           s.revoked_at is not null or s.expires_at <= now() as ended
-    from refresh_tokens rt join sessions s on s.id = rt.session_id
+           coalesce(rt.used_at > c.now - make_interval(secs => $3), false) as in_grace,
+           s.revoked_at is not null or s.expires_at <= c.now as ended
+    from refresh_tokens rt join sessions s on s.id = rt.session_id cross join clock c
     where rt.hash = $1
     for update of rt, s
 ), verdict as (
@@ -98,7 +101,7 @@ with found as (
            f.used
     from found f left join users u on u.id = f.user_id
 ), marked as (
-    update refresh_tokens set used_at = now()
+    update refresh_tokens set used_at = (select now from clock)
     where hash = $1 and used_at is null
       and exists (select 1 from verdict where outcome = 'rotated' and not used)
 ), successor as (
@@ -106,10 +109,11 @@ with found as (
     select $2, session_id from verdict where outcome = 'rotated'
     on conflict (hash) do nothing
 ), extended as (
-    update sessions set last_used_at = now(), expires_at = now() + make_interval(secs => $4)
+    update sessions set last_used_at = (select now from clock),
+                        expires_at = (select now from clock) + make_interval(secs => $4)
     where id = (select session_id from verdict where outcome = 'rotated')
 ), revoked as (
-    update sessions set revoked_at = now()
+    update sessions set revoked_at = (select now from clock)
     where id = (select session_id from verdict where outcome = 'reused') and revoked_at is null
 ), recorded as (
     insert into login_history (user_id, event, ip, user_agent, session_id)
@@ -127,12 +131,15 @@ from verdict v left join users u on u.id = v.user_id";
 /// within `grace_secs` of the first one rotates to the same successor again (its row is
 /// already there), even when the successor has been used since: every use within the window
 /// continues one chain. A rotation or a reuse is recorded in the history with `origin`.
+/// `ahead_secs` moves the time it judges by forward from PostgreSQL's `now()` (see
+/// `clock::Clock`; zero outside tests).
 pub async fn rotate(
     db: &impl GenericClient,
     old_hash: &[u8],
     new_hash: &[u8],
     grace_secs: f64,
     ttl_secs: f64,
+    ahead_secs: f64,
     origin: &Origin,
 ) -> Result<Refreshed> {
     let stmt = db.prepare_cached(ROTATE).await?;
@@ -148,6 +155,7 @@ pub async fn rotate(
                 &origin.user_agent,
                 &Event::Refresh.as_str(),
                 &Event::SessionRevoked.as_str(),
+                &ahead_secs,
             ],
         )
         .await?;

@@ -2,10 +2,10 @@
 
 use std::time::Duration;
 
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::helpers::{eventually, problem, strings, TestApp};
+use crate::helpers::{eventually, json_of, problem, strings, TestApp, ANONYMOUS};
 
 #[tokio::test]
 async fn register_creates_a_user_with_the_user_role() {
@@ -62,7 +62,7 @@ async fn login_returns_tokens_and_me_shows_permissions() {
     assert_eq!(t["refresh_expires_in"], 30 * 86400);
     let access = t["access_token"].as_str().unwrap();
     assert!(t["refresh_token"].as_str().unwrap().len() >= 43);
-    let me: Value = app.get_json("/api/v1/users/me", Some(access)).await;
+    let me = json_of(app.me(access).await).await;
     assert_eq!(me["email"], "fan@cinema.test");
     assert_eq!(me["roles"], json!(["user"]));
     assert_eq!(
@@ -182,7 +182,7 @@ async fn refresh_rotates_and_the_old_token_is_reuse_after_grace() {
     );
     assert_ne!(refresh2, u.refresh);
     assert_eq!(app.me(&access2).await.status(), 200);
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    app.state.clock.advance(Duration::from_millis(400));
     // replay of the used token after the grace window: theft, the session ends
     let replay = app.refresh(&u.refresh).await;
     assert_eq!(problem(replay).await, (401, "refresh_token_reused".into()));
@@ -202,11 +202,7 @@ async fn refresh_rotates_and_the_old_token_is_reuse_after_grace() {
 async fn concurrent_refreshes_within_grace_both_succeed() {
     let app = TestApp::spawn().await;
     let u = app.user().await;
-    let body = json!({"refresh_token": u.refresh});
-    let (a, b) = tokio::join!(
-        app.post("/api/v1/auth/refresh", None, body.clone()),
-        app.post("/api/v1/auth/refresh", None, body.clone())
-    );
+    let (a, b) = tokio::join!(app.refresh(&u.refresh), app.refresh(&u.refresh));
     assert_eq!((a.status(), b.status()), (StatusCode::OK, StatusCode::OK));
     let (a, b): (Value, Value) = (a.json().await.unwrap(), b.json().await.unwrap());
     // whichever the client keeps goes on working
@@ -240,29 +236,16 @@ async fn access_tokens_expire() {
         (401, "token_expired".into())
     );
     // the refresh token still works and gives a fresh access token
-    let t: Value = app
-        .post_json(
-            "/api/v1/auth/refresh",
-            None,
-            json!({"refresh_token": u.refresh}),
-        )
-        .await;
-    assert_eq!(
-        app.get(
-            "/api/v1/users/me",
-            Some(t["access_token"].as_str().unwrap())
-        )
-        .await
-        .status(),
-        200
-    );
+    let t = json_of(app.refresh(&u.refresh).await).await;
+    let access = t["access_token"].as_str().unwrap();
+    assert_eq!(app.me(access).await.status(), 200);
 }
 
 #[tokio::test]
 async fn refresh_tokens_expire_with_their_session() {
     let app = TestApp::spawn_with(|c| c.tokens.refresh_ttl = usher::config::Dur::secs(1)).await;
     let u = app.user().await;
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    app.state.clock.advance(Duration::from_millis(1200));
     let r = app.refresh(&u.refresh).await;
     assert_eq!(problem(r).await.0, 401);
 }
@@ -305,6 +288,7 @@ async fn logout_all_ends_every_session() {
 async fn sessions_are_listed_and_ended_one_by_one() {
     let app = TestApp::spawn().await;
     let u = app.user().await;
+    // a User-Agent of its own: the request is written out
     let second: Value = app
         .client
         .post(app.url("/api/v1/auth/login"))
@@ -316,7 +300,7 @@ async fn sessions_are_listed_and_ended_one_by_one() {
         .json()
         .await
         .unwrap();
-    let list: Value = app.get_json("/api/v1/auth/sessions", Some(&u.access)).await;
+    let list = json_of(app.sessions(&u.access).await).await;
     let items = list["items"].as_array().unwrap();
     assert_eq!(items.len(), 2);
     assert_eq!(items[0]["user_agent"], "CinemaTV/2.0", "newest first");
@@ -327,42 +311,16 @@ async fn sessions_are_listed_and_ended_one_by_one() {
         assert!(items[0].get(field).is_some(), "{field}");
     }
     let tv = items[0]["id"].as_str().unwrap();
-    let r = app
-        .request(
-            Method::DELETE,
-            &format!("/api/v1/auth/sessions/{tv}"),
-            Some(&u.access),
-            None,
-        )
-        .await;
+    let r = app.end_session(&u.access, tv).await;
     assert_eq!(r.status(), 204);
-    assert_eq!(
-        problem(
-            app.get(
-                "/api/v1/users/me",
-                Some(second["access_token"].as_str().unwrap())
-            )
-            .await
-        )
-        .await
-        .1,
-        "token_revoked"
-    );
+    let r = app.me(second["access_token"].as_str().unwrap()).await;
+    assert_eq!(problem(r).await.1, "token_revoked");
     // someone else's session, an ended one, a malformed id: 404
     let stranger = app.user().await;
-    let theirs: Value = app
-        .get_json("/api/v1/auth/sessions", Some(&stranger.access))
-        .await;
+    let theirs = json_of(app.sessions(&stranger.access).await).await;
     let theirs = theirs["items"][0]["id"].as_str().unwrap().to_owned();
     for id in [theirs.as_str(), tv, "not-a-uuid"] {
-        let r = app
-            .request(
-                Method::DELETE,
-                &format!("/api/v1/auth/sessions/{id}"),
-                Some(&u.access),
-                None,
-            )
-            .await;
+        let r = app.end_session(&u.access, id).await;
         assert_eq!(problem(r).await, (404, "not_found".into()), "{id}");
     }
     assert_eq!(app.me(&stranger.access).await.status(), 200);
@@ -375,20 +333,14 @@ async fn history_records_events_newest_first_with_pages() {
     app.login(&u.email, "wrong password").await;
     // the failure is recorded off the response path; wait for it before the next event
     let recorded = eventually(Duration::from_secs(2), || async {
-        let page: Value = app.get_json("/api/v1/auth/history", Some(&u.access)).await;
+        let page = json_of(app.login_history(&u.access).await).await;
         page["total"] == 2
     })
     .await;
     assert!(recorded);
-    let t: Value = app
-        .post_json(
-            "/api/v1/auth/refresh",
-            None,
-            json!({"refresh_token": u.refresh}),
-        )
-        .await;
+    let t = json_of(app.refresh(&u.refresh).await).await;
     let access = t["access_token"].as_str().unwrap().to_owned();
-    let page: Value = app.get_json("/api/v1/auth/history", Some(&access)).await;
+    let page = json_of(app.login_history(&access).await).await;
     let events = strings(&page["items"], "event");
     assert_eq!(events, ["refresh", "login_failed", "login"]);
     assert_eq!(page["total"], 3);
@@ -396,24 +348,16 @@ async fn history_records_events_newest_first_with_pages() {
     assert_eq!(page["per_page"], 20);
     assert_eq!(page["items"][2]["ip"], "127.0.0.1");
     assert!(page["items"][0]["session_id"].is_string());
-    let p2: Value = app
-        .get_json("/api/v1/auth/history?page=2&per_page=2", Some(&access))
-        .await;
+    let p2 = json_of(app.login_history_page(&access, "page=2&per_page=2").await).await;
     assert_eq!(p2["items"].as_array().unwrap().len(), 1);
     assert_eq!(p2["items"][0]["event"], "login");
-    let bad = app
-        .get("/api/v1/auth/history?per_page=101", Some(&access))
-        .await;
+    let bad = app.login_history_page(&access, "per_page=101").await;
     assert_eq!(problem(bad).await, (422, "validation_failed".into()));
     // logout is recorded as logout, not login
     app.logout(&access).await;
     let again: Value = app.login(&u.email, &u.password).await.json().await.unwrap();
-    let page: Value = app
-        .get_json(
-            "/api/v1/auth/history?per_page=2",
-            Some(again["access_token"].as_str().unwrap()),
-        )
-        .await;
+    let again = again["access_token"].as_str().unwrap();
+    let page = json_of(app.login_history_page(again, "per_page=2").await).await;
     let events = strings(&page["items"], "event");
     assert_eq!(events, ["login", "logout"]);
 }
@@ -421,21 +365,16 @@ async fn history_records_events_newest_first_with_pages() {
 #[tokio::test]
 async fn endpoints_need_a_token() {
     let app = TestApp::spawn().await;
-    for (method, path) in [
-        (Method::POST, "/api/v1/auth/logout"),
-        (Method::POST, "/api/v1/auth/logout-all"),
-        (Method::GET, "/api/v1/auth/sessions"),
-        (Method::GET, "/api/v1/auth/history"),
-        (Method::GET, "/api/v1/users/me"),
-    ] {
-        let body = (method == Method::POST).then(|| json!({}));
-        let r = app.request(method.clone(), path, None, body).await;
-        assert_eq!(r.headers()["www-authenticate"], "Bearer");
-        assert_eq!(
-            problem(r).await,
-            (401, "unauthorized".into()),
-            "{method} {path}"
-        );
+    let anonymous = [
+        ("logout", app.logout(ANONYMOUS).await),
+        ("logout-all", app.logout_all(ANONYMOUS).await),
+        ("sessions", app.sessions(ANONYMOUS).await),
+        ("history", app.login_history(ANONYMOUS).await),
+        ("me", app.me(ANONYMOUS).await),
+    ];
+    for (what, r) in anonymous {
+        assert_eq!(r.headers()["www-authenticate"], "Bearer", "{what}");
+        assert_eq!(problem(r).await, (401, "unauthorized".into()), "{what}");
     }
     let r = app.me("garbage").await;
     assert_eq!(

@@ -297,9 +297,8 @@ async fn nul_bytes_in_bodies_and_query_strings_are_422_not_500() {
         assert_eq!(p["code"], "validation_failed", "{path}");
     }
     let r = app
-        .post(
-            "/api/v1/roles",
-            Some(&root.access),
+        .create_role(
+            &root.access,
             json!({"name": "critics", "description": "a\u{0}b", "permissions": []}),
         )
         .await;
@@ -309,9 +308,7 @@ async fn nul_bytes_in_bodies_and_query_strings_are_422_not_500() {
         (json!(422), json!("description"))
     );
     for query in ["email=%00", "email=a%00b", "page=%00", "%00=1", "email=%ff"] {
-        let r = app
-            .get(&format!("/api/v1/users?{query}"), Some(&root.access))
-            .await;
+        let r = app.users(&root.access, query).await;
         assert_eq!(
             problem(r).await,
             (422, "validation_failed".into()),
@@ -319,9 +316,7 @@ async fn nul_bytes_in_bodies_and_query_strings_are_422_not_500() {
         );
     }
     // what surrounds them still works
-    let r = app
-        .get("/api/v1/users?email=%40cinema", Some(&root.access))
-        .await;
+    let r = app.users(&root.access, "email=%40cinema").await;
     assert_eq!(r.status(), 200);
 }
 

@@ -5,7 +5,7 @@ use std::process::Stdio;
 use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
 
-use crate::helpers::{problem, usher_command_for, usher_for, Run, TestApp};
+use crate::helpers::{json_of, problem, usher_command_for, usher_for, Run, TestApp};
 use crate::users::relogin;
 
 /// Runs `usher superuser create --email <email>` against `app`'s database and Redis, with
@@ -55,7 +55,7 @@ async fn assert_superuser(app: &TestApp, email: &str, password: &str) {
     assert_eq!(r.status(), 200, "login of {email}");
     let t: Value = r.json().await.unwrap();
     let access = t["access_token"].as_str().unwrap();
-    let me: Value = app.get_json("/api/v1/users/me", Some(access)).await;
+    let me: Value = json_of(app.me(access).await).await;
     assert!(
         me["roles"]
             .as_array()
@@ -63,7 +63,7 @@ async fn assert_superuser(app: &TestApp, email: &str, password: &str) {
             .contains(&json!("superuser")),
         "{me}"
     );
-    let catalog: Value = app.get_json("/api/v1/permissions", Some(access)).await;
+    let catalog: Value = json_of(app.permissions(access).await).await;
     let all: Vec<Value> = catalog["items"]
         .as_array()
         .unwrap()
@@ -72,7 +72,7 @@ async fn assert_superuser(app: &TestApp, email: &str, password: &str) {
         .collect();
     assert!(all.contains(&json!("films_watch")));
     assert_eq!(me["permissions"], Value::Array(all));
-    assert_eq!(app.get("/api/v1/users", Some(access)).await.status(), 200);
+    assert_eq!(app.users(access, "").await.status(), 200);
 }
 
 #[tokio::test]
@@ -156,9 +156,7 @@ async fn superuser_create_refuses_an_account_someone_else_registered() {
         );
     }
     // nothing changed: no superuser, and the operator's password opens nothing
-    let me: Value = app
-        .get_json("/api/v1/users/me", Some(&squatter.access))
-        .await;
+    let me: Value = json_of(app.me(&squatter.access).await).await;
     assert_eq!(me["roles"], json!(["user"]));
     let r = app.login("admin@cinema.example", "operator password").await;
     assert_eq!(problem(r).await, (401, "invalid_credentials".into()));
@@ -180,7 +178,7 @@ async fn superuser_create_promotes_an_existing_user_only_when_asked() {
     assert!(crate::helpers::eventually(std::time::Duration::from_secs(1), stale).await);
     assert_superuser(&app, &u.email, &u.password).await;
     let fresh = relogin(&app, &u).await;
-    let me: Value = app.get_json("/api/v1/users/me", Some(&fresh.access)).await;
+    let me: Value = json_of(app.me(&fresh.access).await).await;
     assert_eq!(me["roles"], json!(["superuser", "user"]));
 }
 

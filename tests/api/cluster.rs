@@ -5,14 +5,14 @@
 use std::process::Command;
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::helpers::{eventually, free_port, tool, TestApp};
 use crate::revocation::{
     answers, code, editor_role, mark, outlive_the_caches, session_id, short_ttl,
 };
 use crate::topology::{wait_for_port, Servers, Watch};
-use crate::users::{admin, put};
+use crate::users::admin;
 
 /// Three masters, no replicas; a master that stops leaves its slots down (and only those:
 /// `cluster-require-full-coverage no`) until it comes back.
@@ -176,9 +176,7 @@ async fn two_ushers_share_a_cluster_and_a_dead_master_never_lets_a_revoked_token
     for app in [&a, &b] {
         assert_eq!(code(app, &out.access).await, "ok");
     }
-    let r = a
-        .post("/api/v1/auth/logout", Some(&out.access), json!({}))
-        .await;
+    let r = a.logout(&out.access).await;
     assert_eq!(r.status(), 204);
     for app in [&a, &b] {
         assert!(answers(app, &out.access, "token_revoked", Duration::from_secs(1)).await);
@@ -191,8 +189,8 @@ async fn two_ushers_share_a_cluster_and_a_dead_master_never_lets_a_revoked_token
     for app in [&a, &b] {
         assert_eq!(code(app, &promoted.access).await, "ok");
     }
-    let path = format!("/api/v1/users/{}/roles/{editor}", promoted.id);
-    assert_eq!(put(&b, &path, &root.access).await.status(), 204);
+    let r = b.give_role(&root.access, &promoted.id, &editor).await;
+    assert_eq!(r.status(), 204);
     for app in [&a, &b] {
         assert!(answers(app, &promoted.access, "token_stale", Duration::from_secs(1)).await);
     }
@@ -245,7 +243,7 @@ async fn two_ushers_share_a_cluster_and_a_dead_master_never_lets_a_revoked_token
         .await;
         assert!(passes, "a valid token should pass with a master down");
     }
-    outlive_the_caches().await;
+    outlive_the_caches(&[&a, &b]);
     for app in [&a, &b] {
         assert_eq!(code(app, &out.access).await, "token_revoked");
     }
@@ -254,9 +252,7 @@ async fn two_ushers_share_a_cluster_and_a_dead_master_never_lets_a_revoked_token
     for app in [&a, &b] {
         assert!(answers(app, &during, "ok", Duration::from_secs(10)).await);
     }
-    let r = b
-        .post("/api/v1/auth/logout", Some(&during), json!({}))
-        .await;
+    let r = b.logout(&during).await;
     assert_eq!(r.status(), 204);
     watch.refuse(during.clone());
     for app in [&a, &b] {
@@ -277,7 +273,7 @@ async fn two_ushers_share_a_cluster_and_a_dead_master_never_lets_a_revoked_token
         rebuilt,
         "the restarted master should get its marks back from PostgreSQL"
     );
-    outlive_the_caches().await;
+    outlive_the_caches(&[&a, &b]);
     for app in [&a, &b] {
         assert_eq!(code(app, &out.access).await, "token_revoked");
         assert_eq!(code(app, &during).await, "token_revoked");

@@ -5,7 +5,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use usher::domain::{self, Conflict, DomainError};
 
-use crate::helpers::TestApp;
+use crate::helpers::{json_of, TestApp};
 
 #[tokio::test]
 async fn an_operator_cannot_change_superusers_grants_either() {
@@ -35,12 +35,9 @@ async fn an_operator_cannot_change_superusers_grants_either() {
 async fn a_granted_permission_applies_once_the_change_is_propagated() {
     let app = TestApp::spawn().await;
     let someone = app.user().await;
-    let roles = app
-        .get("/api/v1/roles", Some(&someone.access))
-        .await
-        .status();
+    let roles = app.roles(&someone.access).await.status();
     assert_eq!(roles, StatusCode::OK);
-    let users = app.get("/api/v1/users", Some(&someone.access)).await;
+    let users = app.users(&someone.access, "").await;
     assert_eq!(users.status(), StatusCode::FORBIDDEN);
 
     let changed =
@@ -50,7 +47,7 @@ async fn a_granted_permission_applies_once_the_change_is_propagated() {
     assert!(changed.catalog && changed.users.is_empty());
     changed.propagate(&app.state).await;
     // This replica reread before `propagate` returned: no waiting.
-    let users = app.get("/api/v1/users", Some(&someone.access)).await;
+    let users = app.users(&someone.access, "").await;
     assert_eq!(users.status(), StatusCode::OK);
 }
 
@@ -73,8 +70,6 @@ async fn making_a_superuser_never_takes_over_an_account_registered_meanwhile() {
         "{:?}",
         taken.err()
     );
-    let me: Value = app
-        .get_json("/api/v1/users/me", Some(&squatter.access))
-        .await;
+    let me: Value = json_of(app.me(&squatter.access).await).await;
     assert_eq!(me["roles"], json!(["user"]));
 }

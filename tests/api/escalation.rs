@@ -4,29 +4,30 @@
 
 use serde_json::{json, Value};
 
-use crate::helpers::{problem, Signed, TestApp};
-use crate::users::{admin, delete, patch, put, relogin, role_id};
+use crate::helpers::{json_of, problem, Signed, TestApp};
+use crate::users::{admin, relogin, role_id};
 
 /// A fresh user holding, besides `user`, a new role named `name` with `permissions`.
 async fn delegate(app: &TestApp, root: &Signed, name: &str, permissions: &[&str]) -> Signed {
-    let role: Value = app
-        .post_json(
-            "/api/v1/roles",
-            Some(&root.access),
+    let role = json_of(
+        app.create_role(
+            &root.access,
             json!({"name": name, "permissions": permissions}),
         )
-        .await;
+        .await,
+    )
+    .await;
     let role = role["id"].as_str().unwrap().to_owned();
     let u = app.user().await;
-    let path = format!("/api/v1/users/{}/roles/{role}", u.id);
-    assert_eq!(put(app, &path, &root.access).await.status(), 204);
+    assert_eq!(
+        app.give_role(&root.access, &u.id, &role).await.status(),
+        204
+    );
     relogin(app, &u).await
 }
 
 async fn roles_of(app: &TestApp, root: &Signed, user: &str) -> Value {
-    let u: Value = app
-        .get_json(&format!("/api/v1/users/{user}"), Some(&root.access))
-        .await;
+    let u = json_of(app.user_by_id(&root.access, user).await).await;
     u["roles"].clone()
 }
 
@@ -41,59 +42,50 @@ async fn a_role_manager_grants_only_what_they_hold() {
         &["role_read", "role_create", "role_update", "user_all_read"],
     )
     .await;
-    let user_role = format!(
-        "/api/v1/roles/{}",
-        role_id(&app, &root.access, "user").await
-    );
+    let user_role = role_id(&app, &root.access, "user").await;
 
     // the review's path: give `user` the power to assign roles, then take superuser
-    let r = patch(
-        &app,
-        &user_role,
-        &manager.access,
-        json!({"permissions": ["user_self_read", "user_all_set_role"]}),
-    )
-    .await;
+    let r = app
+        .update_role(
+            &manager.access,
+            &user_role,
+            json!({"permissions": ["user_self_read", "user_all_set_role"]}),
+        )
+        .await;
     assert_eq!(problem(r).await, (403, "forbidden".into()));
     let r = app
-        .post(
-            "/api/v1/roles",
-            Some(&manager.access),
+        .create_role(
+            &manager.access,
             json!({"name": "mine", "permissions": ["role_read", "user_all_delete"]}),
         )
         .await;
     assert_eq!(problem(r).await, (403, "forbidden".into()));
-    let role: Value = app.get_json(&user_role, Some(&root.access)).await;
+    let role = json_of(app.role(&root.access, &user_role).await).await;
     assert!(!role["permissions"]
         .as_array()
         .unwrap()
         .contains(&json!("user_all_set_role")));
 
     // what they hold they may grant; what the role had they may keep or take away
-    let r = patch(
-        &app,
-        &user_role,
-        &manager.access,
-        json!({"permissions": ["user_self_read", "user_self_update", "role_read", "user_all_read"]}),
+    let r = app.update_role(&manager.access, &user_role, json!({"permissions": ["user_self_read", "user_self_update", "role_read", "user_all_read"]}),
     )
     .await;
     assert_eq!(r.status(), 200);
     let r = app
-        .post(
-            "/api/v1/roles",
-            Some(&manager.access),
+        .create_role(
+            &manager.access,
             json!({"name": "readers", "permissions": ["user_all_read"]}),
         )
         .await;
     assert_eq!(r.status(), 201);
     // a superuser grants anything
-    let r = patch(
-        &app,
-        &user_role,
-        &root.access,
-        json!({"permissions": ["user_self_read", "user_all_set_role"]}),
-    )
-    .await;
+    let r = app
+        .update_role(
+            &root.access,
+            &user_role,
+            json!({"permissions": ["user_self_read", "user_all_set_role"]}),
+        )
+        .await;
     assert_eq!(r.status(), 200);
 }
 
@@ -109,29 +101,34 @@ async fn a_role_assigner_cannot_hand_out_superuser_or_more_than_they_hold() {
     )
     .await;
     let superuser = role_id(&app, &root.access, "superuser").await;
-    let powerful: Value = app
-        .post_json(
-            "/api/v1/roles",
-            Some(&root.access),
+    let powerful = json_of(
+        app.create_role(
+            &root.access,
             json!({"name": "powerful", "permissions": ["user_all_delete"]}),
         )
-        .await;
+        .await,
+    )
+    .await;
     let powerful = powerful["id"].as_str().unwrap().to_owned();
-    let modest: Value = app
-        .post_json(
-            "/api/v1/roles",
-            Some(&root.access),
+    let modest = json_of(
+        app.create_role(
+            &root.access,
             json!({"name": "modest", "permissions": ["user_all_read"]}),
         )
-        .await;
+        .await,
+    )
+    .await;
     let modest = modest["id"].as_str().unwrap().to_owned();
     let other = app.user().await;
 
     for target in ["me", other.id.as_str()] {
         for role in [&superuser, &powerful] {
-            let path = format!("/api/v1/users/{target}/roles/{role}");
-            let r = put(&app, &path, &assigner.access).await;
-            assert_eq!(problem(r).await, (403, "forbidden".into()), "PUT {path}");
+            let r = app.give_role(&assigner.access, target, role).await;
+            assert_eq!(
+                problem(r).await,
+                (403, "forbidden".into()),
+                "{target} {role}"
+            );
         }
     }
     assert_eq!(
@@ -139,24 +136,23 @@ async fn a_role_assigner_cannot_hand_out_superuser_or_more_than_they_hold() {
         json!(["assigner", "user"])
     );
     // within what they hold, they assign and remove
-    let path = format!("/api/v1/users/{}/roles/{modest}", other.id);
-    assert_eq!(put(&app, &path, &assigner.access).await.status(), 204);
-    assert_eq!(delete(&app, &path, &assigner.access).await.status(), 204);
+    let r = app.give_role(&assigner.access, &other.id, &modest).await;
+    assert_eq!(r.status(), 204);
+    let r = app.take_role(&assigner.access, &other.id, &modest).await;
+    assert_eq!(r.status(), 204);
 
     // a superuser's roles, and `superuser` itself, are for superusers only
-    let path = format!("/api/v1/users/{}/roles/{superuser}", root.id);
-    let r = delete(&app, &path, &assigner.access).await;
+    let r = app.take_role(&assigner.access, &root.id, &superuser).await;
     assert_eq!(problem(r).await, (403, "forbidden".into()));
-    let path = format!("/api/v1/users/{}/roles/{modest}", root.id);
-    let r = put(&app, &path, &assigner.access).await;
+    let r = app.give_role(&assigner.access, &root.id, &modest).await;
     assert_eq!(problem(r).await, (403, "forbidden".into()));
     assert_eq!(
         roles_of(&app, &root, &root.id).await,
         json!(["superuser", "user"])
     );
     // a superuser may
-    let path = format!("/api/v1/users/{}/roles/{superuser}", other.id);
-    assert_eq!(put(&app, &path, &root.access).await.status(), 204);
+    let r = app.give_role(&root.access, &other.id, &superuser).await;
+    assert_eq!(r.status(), 204);
 }
 
 #[tokio::test]
@@ -171,37 +167,27 @@ async fn only_a_superuser_disables_or_changes_a_superuser() {
         &["user_all_delete", "user_all_update", "user_all_read"],
     )
     .await;
-    let r = delete(
-        &app,
-        &format!("/api/v1/users/{}", root.id),
-        &moderator.access,
-    )
-    .await;
+    let r = app.disable_user(&moderator.access, &root.id).await;
     assert_eq!(problem(r).await, (403, "forbidden".into()));
-    let r = patch(
-        &app,
-        &format!("/api/v1/users/{}", root.id),
-        &moderator.access,
-        json!({"email": "taken-over@evil.test"}),
-    )
-    .await;
+    let r = app
+        .update_user(
+            &moderator.access,
+            &root.id,
+            json!({"email": "taken-over@evil.test"}),
+        )
+        .await;
     assert_eq!(problem(r).await, (403, "forbidden".into()));
-    let me: Value = app.get_json("/api/v1/users/me", Some(&root.access)).await;
+    let me = json_of(app.me(&root.access).await).await;
     assert_eq!(
         (me["disabled"].clone(), me["email"].clone()),
         (json!(false), json!(root.email))
     );
     // ordinary users they still manage
     let plain = app.user().await;
-    let r = delete(
-        &app,
-        &format!("/api/v1/users/{}", plain.id),
-        &moderator.access,
-    )
-    .await;
+    let r = app.disable_user(&moderator.access, &plain.id).await;
     assert_eq!(r.status(), 200);
     // and a superuser disables another superuser
-    let r = delete(&app, &format!("/api/v1/users/{}", second.id), &root.access).await;
+    let r = app.disable_user(&root.access, &second.id).await;
     assert_eq!(r.status(), 200);
 }
 
@@ -210,19 +196,18 @@ async fn the_last_active_superuser_stays() {
     let app = TestApp::spawn().await;
     let root = admin(&app).await;
     let superuser = role_id(&app, &root.access, "superuser").await;
-    let own_role = format!("/api/v1/users/me/roles/{superuser}");
-    let r = delete(&app, &own_role, &root.access).await;
+    let r = app.take_role(&root.access, "me", &superuser).await;
     assert_eq!(problem(r).await, (409, "last_superuser".into()));
-    let r = delete(&app, "/api/v1/users/me", &root.access).await;
+    let r = app.disable_me(&root.access).await;
     assert_eq!(problem(r).await, (409, "last_superuser".into()));
     assert_eq!(app.me(&root.access).await.status(), 200);
 
     // with a second one, either may go, but not both
     let second = admin(&app).await;
     let root = relogin(&app, &root).await;
-    let r = delete(&app, &own_role, &root.access).await;
+    let r = app.take_role(&root.access, "me", &superuser).await;
     assert_eq!(r.status(), 204);
-    let r = delete(&app, "/api/v1/users/me", &second.access).await;
+    let r = app.disable_me(&second.access).await;
     assert_eq!(problem(r).await, (409, "last_superuser".into()));
 }
 
@@ -242,21 +227,17 @@ async fn two_superusers_ending_each_other_at_once_leave_one() {
         ))
         .await;
         // each takes the other's role or disables them, concurrently
-        let (path_a, path_b) = if round % 2 == 0 {
-            (
-                format!("/api/v1/users/{}", b.id),
-                format!("/api/v1/users/{}", a.id),
+        let (ra, rb) = if round % 2 == 0 {
+            tokio::join!(
+                app.disable_user(&a.access, &b.id),
+                app.disable_user(&b.access, &a.id),
             )
         } else {
-            (
-                format!("/api/v1/users/{}/roles/{superuser}", b.id),
-                format!("/api/v1/users/{}/roles/{superuser}", a.id),
+            tokio::join!(
+                app.take_role(&a.access, &b.id, &superuser),
+                app.take_role(&b.access, &a.id, &superuser),
             )
         };
-        let (ra, rb) = tokio::join!(
-            delete(&app, &path_a, &a.access),
-            delete(&app, &path_b, &b.access),
-        );
         let mut statuses = [ra.status().as_u16(), rb.status().as_u16()];
         statuses.sort();
         // the loser is refused as the last superuser, or its token already ended or went

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::helpers::{eventually, problem, PostgresOutage, RedisServer, TestApp};
+use crate::helpers::{eventually, json_of, problem, PostgresOutage, RedisServer, TestApp};
 use crate::revocation::{marked, session_id};
 
 #[tokio::test]
@@ -16,7 +16,7 @@ async fn logout_with_redis_down_is_recorded_honoured_and_mirrored_when_it_return
     let u = a.user().await;
     assert_eq!(b.me(&u.access).await.status(), 200);
     let sid = {
-        let list: Value = a.get_json("/api/v1/auth/sessions", Some(&u.access)).await;
+        let list: Value = json_of(a.sessions(&u.access).await).await;
         list["items"][0]["id"].as_str().unwrap().to_owned()
     };
 

@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 use tokio::sync::oneshot;
 use usher::app::Application;
 use usher::config::{Config, Dur, Secret};
+use usher::http::endpoint::Endpoint;
 
 pub use database::*;
 pub use processes::*;
@@ -236,95 +237,191 @@ impl TestApp {
             .expect("a JSON body")
     }
 
+    /// `endpoint` with `query` (when not empty) and `body`, `token` sent as a bearer token or
+    /// no `Authorization` header when it is [`ANONYMOUS`].
+    async fn call(
+        &self,
+        endpoint: Endpoint<'_>,
+        query: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> Response {
+        let mut path = endpoint.sample_path();
+        if !query.is_empty() {
+            path = format!("{path}?{query}");
+        }
+        let token = (!token.is_empty()).then_some(token);
+        self.request(endpoint.method(), &path, token, body).await
+    }
+
+    // One method per operation of the API, each named by its `Endpoint` (which knows its
+    // method and path), answering the response as it came. `request`, `get` and `post` stay
+    // for the tests about paths: bad input, normalisation, methods, the gateways. Every
+    // `token` may be `ANONYMOUS`.
+
+    /// [`Endpoint::Register`].
     pub async fn register(&self, email: &str, password: &str) -> Response {
-        self.post(
-            "/api/v1/auth/register",
-            None,
-            json!({"email": email, "password": password}),
+        self.call(
+            Endpoint::Register,
+            "",
+            ANONYMOUS,
+            Some(json!({"email": email, "password": password})),
         )
         .await
     }
 
+    /// [`Endpoint::Login`].
     pub async fn login(&self, email: &str, password: &str) -> Response {
-        self.post(
-            "/api/v1/auth/login",
-            None,
-            json!({"email": email, "password": password}),
+        self.call(
+            Endpoint::Login,
+            "",
+            ANONYMOUS,
+            Some(json!({"email": email, "password": password})),
         )
         .await
     }
 
-    // One method per endpoint, answering the response as it came; `request` stays for the odd
-    // paths and bodies of the bad-input tests.
-
-    /// `POST /api/v1/auth/refresh`.
+    /// [`Endpoint::Refresh`].
     pub async fn refresh(&self, refresh_token: &str) -> Response {
-        self.post(
-            "/api/v1/auth/refresh",
-            None,
-            json!({ "refresh_token": refresh_token }),
+        self.call(
+            Endpoint::Refresh,
+            "",
+            ANONYMOUS,
+            Some(json!({ "refresh_token": refresh_token })),
         )
         .await
     }
 
-    /// `POST /api/v1/auth/logout`.
+    /// [`Endpoint::Logout`].
     pub async fn logout(&self, token: &str) -> Response {
-        self.post("/api/v1/auth/logout", Some(token), json!({}))
+        self.call(Endpoint::Logout, "", token, Some(json!({})))
             .await
     }
 
-    /// `POST /api/v1/auth/logout-all`.
+    /// [`Endpoint::LogoutAll`].
     pub async fn logout_all(&self, token: &str) -> Response {
-        self.post("/api/v1/auth/logout-all", Some(token), json!({}))
+        self.call(Endpoint::LogoutAll, "", token, Some(json!({})))
             .await
     }
 
-    /// `GET /api/v1/auth/sessions`.
+    /// [`Endpoint::Sessions`].
     pub async fn sessions(&self, token: &str) -> Response {
-        self.get("/api/v1/auth/sessions", Some(token)).await
+        self.call(Endpoint::Sessions, "", token, None).await
     }
 
-    /// `GET /api/v1/auth/history`.
-    pub async fn login_history(&self, token: &str) -> Response {
-        self.get("/api/v1/auth/history", Some(token)).await
-    }
-
-    /// `GET /api/v1/users/me`.
-    pub async fn me(&self, token: &str) -> Response {
-        self.get("/api/v1/users/me", Some(token)).await
-    }
-
-    /// `GET /api/v1/users/{id}`.
-    pub async fn user_by_id(&self, token: &str, id: &str) -> Response {
-        self.get(&format!("/api/v1/users/{id}"), Some(token)).await
-    }
-
-    /// `GET /api/v1/users/{id}/roles`.
-    pub async fn user_roles(&self, token: &str, id: &str) -> Response {
-        self.get(&format!("/api/v1/users/{id}/roles"), Some(token))
+    /// [`Endpoint::EndSession`].
+    pub async fn end_session(&self, token: &str, session: &str) -> Response {
+        self.call(Endpoint::EndSession { session }, "", token, None)
             .await
     }
 
-    /// `PUT /api/v1/users/{id}/roles/{role}`.
-    pub async fn give_role(&self, token: &str, id: &str, role: &str) -> Response {
-        let path = format!("/api/v1/users/{id}/roles/{role}");
-        self.request(Method::PUT, &path, Some(token), None).await
+    /// [`Endpoint::OwnHistory`].
+    pub async fn login_history(&self, token: &str) -> Response {
+        self.call(Endpoint::OwnHistory, "", token, None).await
     }
 
-    /// `DELETE /api/v1/users/{id}/roles/{role}`.
-    pub async fn take_role(&self, token: &str, id: &str, role: &str) -> Response {
-        let path = format!("/api/v1/users/{id}/roles/{role}");
-        self.request(Method::DELETE, &path, Some(token), None).await
+    /// [`Endpoint::OwnHistory`] with `query` (say `page=2&per_page=2`).
+    pub async fn login_history_page(&self, token: &str, query: &str) -> Response {
+        self.call(Endpoint::OwnHistory, query, token, None).await
     }
 
-    /// `GET /api/v1/roles`.
+    /// [`Endpoint::Me`].
+    pub async fn me(&self, token: &str) -> Response {
+        self.call(Endpoint::Me, "", token, None).await
+    }
+
+    /// [`Endpoint::UpdateMe`].
+    pub async fn update_me(&self, token: &str, body: Value) -> Response {
+        self.call(Endpoint::UpdateMe, "", token, Some(body)).await
+    }
+
+    /// [`Endpoint::DisableMe`].
+    pub async fn disable_me(&self, token: &str) -> Response {
+        self.call(Endpoint::DisableMe, "", token, None).await
+    }
+
+    /// [`Endpoint::ChangePassword`] with `body` (`old_password`, `new_password`).
+    pub async fn change_password(&self, token: &str, body: Value) -> Response {
+        self.call(Endpoint::ChangePassword, "", token, Some(body))
+            .await
+    }
+
+    /// [`Endpoint::Users`], with `query` (say `email=films&page=2`) when not empty.
+    pub async fn users(&self, token: &str, query: &str) -> Response {
+        self.call(Endpoint::Users, query, token, None).await
+    }
+
+    /// [`Endpoint::User`].
+    pub async fn user_by_id(&self, token: &str, user: &str) -> Response {
+        self.call(Endpoint::User { user }, "", token, None).await
+    }
+
+    /// [`Endpoint::UpdateUser`].
+    pub async fn update_user(&self, token: &str, user: &str, body: Value) -> Response {
+        self.call(Endpoint::UpdateUser { user }, "", token, Some(body))
+            .await
+    }
+
+    /// [`Endpoint::DisableUser`].
+    pub async fn disable_user(&self, token: &str, user: &str) -> Response {
+        self.call(Endpoint::DisableUser { user }, "", token, None)
+            .await
+    }
+
+    /// [`Endpoint::UserHistory`].
+    pub async fn user_history(&self, token: &str, user: &str) -> Response {
+        self.call(Endpoint::UserHistory { user }, "", token, None)
+            .await
+    }
+
+    /// [`Endpoint::UserRoles`].
+    pub async fn user_roles(&self, token: &str, user: &str) -> Response {
+        self.call(Endpoint::UserRoles { user }, "", token, None)
+            .await
+    }
+
+    /// [`Endpoint::AssignRole`].
+    pub async fn give_role(&self, token: &str, user: &str, role: &str) -> Response {
+        self.call(Endpoint::AssignRole { user, role }, "", token, None)
+            .await
+    }
+
+    /// [`Endpoint::RemoveRole`].
+    pub async fn take_role(&self, token: &str, user: &str, role: &str) -> Response {
+        self.call(Endpoint::RemoveRole { user, role }, "", token, None)
+            .await
+    }
+
+    /// [`Endpoint::Roles`].
     pub async fn roles(&self, token: &str) -> Response {
-        self.get("/api/v1/roles", Some(token)).await
+        self.call(Endpoint::Roles, "", token, None).await
     }
 
-    /// `GET /api/v1/permissions`.
+    /// [`Endpoint::CreateRole`].
+    pub async fn create_role(&self, token: &str, body: Value) -> Response {
+        self.call(Endpoint::CreateRole, "", token, Some(body)).await
+    }
+
+    /// [`Endpoint::Role`].
+    pub async fn role(&self, token: &str, role: &str) -> Response {
+        self.call(Endpoint::Role { role }, "", token, None).await
+    }
+
+    /// [`Endpoint::UpdateRole`].
+    pub async fn update_role(&self, token: &str, role: &str, body: Value) -> Response {
+        self.call(Endpoint::UpdateRole { role }, "", token, Some(body))
+            .await
+    }
+
+    /// [`Endpoint::DeleteRole`].
+    pub async fn delete_role(&self, token: &str, role: &str) -> Response {
+        self.call(Endpoint::DeleteRole { role }, "", token, None)
+            .await
+    }
+
+    /// [`Endpoint::Permissions`].
     pub async fn permissions(&self, token: &str) -> Response {
-        self.get("/api/v1/permissions", Some(token)).await
+        self.call(Endpoint::Permissions, "", token, None).await
     }
 
     /// Registers and logs in a fresh user; returns (user id, access token, refresh token).
@@ -395,7 +492,7 @@ impl TestApp {
 
     async fn change_grants(&self, role: &str, change: impl FnOnce(&mut Vec<String>)) {
         let root = self.superuser().await;
-        let roles = self.get_json("/api/v1/roles", Some(&root.access)).await;
+        let roles = json_of(self.roles(&root.access).await).await;
         let found = roles["items"]
             .as_array()
             .expect("a list of roles")
@@ -407,12 +504,7 @@ impl TestApp {
         change(&mut grants);
         let id = found["id"].as_str().unwrap();
         let r = self
-            .request(
-                Method::PATCH,
-                &format!("/api/v1/roles/{id}"),
-                Some(&root.access),
-                Some(json!({ "permissions": grants })),
-            )
+            .update_role(&root.access, id, json!({ "permissions": grants }))
             .await;
         assert_eq!(r.status(), StatusCode::OK, "changing the grants of {role}");
     }
@@ -422,6 +514,14 @@ impl TestApp {
         let db = self.state.db.get().await.unwrap();
         db.batch_execute(statement).await.unwrap();
     }
+}
+
+/// As a token: none, no `Authorization` header at all.
+pub const ANONYMOUS: &str = "";
+
+/// The JSON body of `r`, whatever its status.
+pub async fn json_of(r: Response) -> Value {
+    r.json().await.expect("a JSON body")
 }
 
 /// A signed-in test user.

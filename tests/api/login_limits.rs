@@ -9,7 +9,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use usher::config::{Config, Dur, Secret};
 
-use crate::helpers::{free_port, problem, Signed, TestApp};
+use crate::helpers::{free_port, json_of, problem, Signed, TestApp};
 
 /// Hashing slow enough that logins overlap: a few milliseconds per hash, two at a time.
 fn slow_hashing(c: &mut Config) {
@@ -126,9 +126,8 @@ async fn a_password_change_wins_over_logins_in_flight() {
     let app = Arc::new(TestApp::spawn_with(slow_hashing).await);
     let user = app.user().await;
     let (status, pairs) = logins_racing(&app, &user, 12, || async {
-        app.post(
-            "/api/v1/users/me/password",
-            Some(&user.access),
+        app.change_password(
+            &user.access,
             json!({"old_password": user.password, "new_password": "a brand new secret"}),
         )
         .await
@@ -150,14 +149,7 @@ async fn a_disable_wins_over_logins_in_flight() {
     let app = Arc::new(TestApp::spawn_with(slow_hashing).await);
     let user = app.user().await;
     let (status, pairs) = logins_racing(&app, &user, 12, || async {
-        app.request(
-            reqwest::Method::DELETE,
-            "/api/v1/users/me",
-            Some(&user.access),
-            None,
-        )
-        .await
-        .status()
+        app.disable_me(&user.access).await.status()
     })
     .await;
     assert_eq!(status, 200);
@@ -247,9 +239,7 @@ async fn unicode_case_variants_share_the_counter_and_the_account() {
     let r = app.login(&variant, &user.password).await;
     assert_eq!(r.status(), 200);
     let t: Value = r.json().await.unwrap();
-    let me = app
-        .get_json("/api/v1/users/me", t["access_token"].as_str())
-        .await;
+    let me = json_of(app.me(t["access_token"].as_str().unwrap()).await).await;
     assert_eq!(me["id"], user.id.as_str());
 
     // Failures under one spelling lock every spelling.
@@ -272,20 +262,16 @@ async fn an_email_change_stores_the_canonical_form_too() {
     let b = app.user().await;
     let id = uuid::Uuid::new_v4().simple().to_string();
     let r = app
-        .request(
-            reqwest::Method::PATCH,
-            "/api/v1/users/me",
-            Some(&a.access),
-            Some(json!({"email": format!("irene.{id}@cinema.test")})),
+        .update_me(
+            &a.access,
+            json!({"email": format!("irene.{id}@cinema.test")}),
         )
         .await;
     assert_eq!(r.status(), 200);
     let r = app
-        .request(
-            reqwest::Method::PATCH,
-            "/api/v1/users/me",
-            Some(&b.access),
-            Some(json!({"email": format!("\u{130}RENE.{id}@cinema.test")})),
+        .update_me(
+            &b.access,
+            json!({"email": format!("\u{130}RENE.{id}@cinema.test")}),
         )
         .await;
     assert_eq!(problem(r).await, (409, "email_taken".into()));
@@ -323,9 +309,7 @@ async fn users_from_before_the_canonical_column_get_it_and_clashes_are_left_out(
         .await;
     assert_eq!(r.status(), 200);
     let t: Value = r.json().await.unwrap();
-    let me = app
-        .get_json("/api/v1/users/me", t["access_token"].as_str())
-        .await;
+    let me = json_of(app.me(t["access_token"].as_str().unwrap()).await).await;
     assert_eq!(
         me["email"],
         format!("Old.{id}@cinema.test"),

@@ -62,6 +62,13 @@ async fn redis_down_is_degraded_not_unready() {
     assert_eq!(app.me(&u.access).await.status(), 200);
 }
 
+/// The value of the counter `name` in a Prometheus text; 0 when absent.
+fn counter(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0)
+}
+
 fn healthcheck(internal: &str) -> Output {
     usher_command()
         .arg("healthcheck")
@@ -101,8 +108,17 @@ async fn started_while_redis_is_down_usher_becomes_ready_serves_and_logs_the_out
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("degraded"), "{}", text(&out));
 
-    // Long enough for the old fixed 250 ms retry to have logged the outage a dozen times.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Until the feed has failed and retried a few times: each retry could have logged again.
+    let metrics = served.internal_url("/metrics");
+    let retried = eventually(Duration::from_secs(20), || async {
+        let text = match client.get(&metrics).send().await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        counter(&text, "usher_change_feed_failures_total") >= 4
+    })
+    .await;
+    assert!(retried, "the change feed should retry while Redis is down");
     served.sigterm();
     let internal = served.internal;
     let (ok, stderr) = served.wait_exit().await;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::helpers::{problem, TestApp};
+use crate::helpers::{json_of, problem, TestApp};
 
 async fn refresh(app: &TestApp, token: &str) -> reqwest::Response {
     app.refresh(token).await
@@ -23,7 +23,7 @@ async fn refreshed(app: &TestApp, token: &str) -> (String, String) {
 }
 
 async fn session_count(app: &TestApp, access: &str) -> usize {
-    let sessions: Value = app.get_json("/api/v1/auth/sessions", Some(access)).await;
+    let sessions: Value = json_of(app.sessions(access).await).await;
     sessions["items"].as_array().unwrap().len()
 }
 
@@ -60,7 +60,7 @@ async fn a_replay_within_the_window_returns_the_same_successor_even_after_it_mov
     assert_eq!(session_count(&app, &access3).await, 1);
 
     // after the window, a replay of a used token is theft: the whole session ends
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    app.state.clock.advance(Duration::from_millis(2100));
     assert_eq!(
         problem(refresh(&app, &u.refresh).await).await,
         (401, "refresh_token_reused".into())
@@ -119,7 +119,7 @@ async fn a_refresh_carries_the_current_roles_and_a_disabled_user_changes_nothing
     assert_ne!(t2, t1);
 
     // both rotations are in the history, the refused one is not
-    let history: Value = app.get_json("/api/v1/auth/history", Some(&access)).await;
+    let history: Value = json_of(app.login_history(&access).await).await;
     let events: Vec<&str> = history["items"]
         .as_array()
         .unwrap()

@@ -4,9 +4,10 @@
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use usher::change::Change;
 use usher::config::{Dur, Secret};
 
-use crate::helpers::{eventually, problem, RedisServer, Signed, TestApp};
+use crate::helpers::{eventually, json_of, problem, RedisServer, Signed, TestApp};
 use crate::users::{admin, role_id};
 
 /// The caches' time to live in these tests: after it, a replica asks Redis again.
@@ -16,10 +17,13 @@ pub fn short_ttl(c: &mut usher::config::Config) {
     c.cache.state_ttl = Dur::secs(STATE_TTL);
 }
 
-/// Waits until every cached state of the test has expired (the condition under test is what
-/// a replica answers after that).
-pub async fn outlive_the_caches() {
-    tokio::time::sleep(Duration::from_secs(STATE_TTL) + Duration::from_millis(500)).await;
+/// Makes `apps` forget every cached state, as the caches' time to live would (the condition
+/// under test is what a replica answers after that), without waiting it out: from here each
+/// asks Redis or PostgreSQL again.
+pub fn outlive_the_caches(apps: &[&TestApp]) {
+    for app in apps {
+        app.state.revocation.apply(&Change::Everything);
+    }
 }
 
 fn connection(redis: &RedisServer) -> redis::Connection {
@@ -73,8 +77,8 @@ pub fn mark(prefix: &str, kind: &str, id: &str) -> (String, String) {
     (format!("{prefix}{}", keys::marks(keys::bucket(id))), field)
 }
 
-/// Whether `app`'s Redis holds the mark of `id` in a hash that says it is complete.
-pub fn marked(app: &TestApp, kind: &str, id: &str) -> bool {
+/// The mark of `id` in `app`'s Redis, and whether its hash says it is complete.
+fn mark_and_synced(app: &TestApp, kind: &str, id: &str) -> (bool, bool) {
     let (hash, field) = mark(&app.config.redis.prefix, kind, id);
     let client = redis::Client::open(app.config.redis.url.expose()).unwrap();
     let mut c = client.get_connection().unwrap();
@@ -84,11 +88,28 @@ pub fn marked(app: &TestApp, kind: &str, id: &str) -> bool {
         .arg("synced")
         .query(&mut c)
         .unwrap();
-    found.iter().all(Option::is_some)
+    (found[0].is_some(), found[1].is_some())
+}
+
+/// Whether `app`'s Redis holds the mark of `id` in a hash that says it is complete.
+pub fn marked(app: &TestApp, kind: &str, id: &str) -> bool {
+    mark_and_synced(app, kind, id) == (true, true)
+}
+
+/// Whether `app`'s Redis cannot take the absence of the mark of `id` for "valid": it holds
+/// the mark, or its hash no longer says it is complete. A change whose write failed gets
+/// there at the first retry, long before a cache's time to live runs out; a test waits for
+/// it before it makes the caches forget.
+async fn redis_cannot_vouch(app: &TestApp, kind: &str, id: &str) -> bool {
+    eventually(Duration::from_secs(5), || async {
+        let (marked, synced) = mark_and_synced(app, kind, id);
+        marked || !synced
+    })
+    .await
 }
 
 pub async fn session_id(app: &TestApp, u: &Signed) -> String {
-    let list: Value = app.get_json("/api/v1/auth/sessions", Some(&u.access)).await;
+    let list: Value = json_of(app.sessions(&u.access).await).await;
     list["items"][0]["id"].as_str().unwrap().to_owned()
 }
 
@@ -116,13 +137,14 @@ async fn spawn_on(redis: &RedisServer) -> TestApp {
 
 /// Creates the role `editor` (`films_manage`); its id.
 pub async fn editor_role(app: &TestApp, root: &Signed) -> String {
-    let editor: Value = app
-        .post_json(
-            "/api/v1/roles",
-            Some(&root.access),
+    let editor = json_of(
+        app.create_role(
+            &root.access,
             json!({"name": "editor", "permissions": ["films_manage"]}),
         )
-        .await;
+        .await,
+    )
+    .await;
     editor["id"].as_str().unwrap().to_owned()
 }
 
@@ -135,7 +157,8 @@ async fn refused_for_good(a: &TestApp, b: &TestApp, token: &str, want: &str, mar
         answers(b, token, want, Duration::from_secs(1)).await,
         "the other replica should hear of the change once the write is retried"
     );
-    outlive_the_caches().await;
+    assert!(redis_cannot_vouch(a, mark.0, mark.1).await);
+    outlive_the_caches(&[a, b]);
     for app in [a, b] {
         assert_eq!(code(app, token).await, want);
     }
@@ -229,7 +252,7 @@ async fn redis_losing_its_marks_does_not_bring_a_revoked_token_back() {
     let losses: [&dyn Fn(&str) -> bool; 2] = [&|name| name == "synced", &|_| false];
     for keep in losses {
         lose_keys(&a, keep);
-        outlive_the_caches().await;
+        outlive_the_caches(&[&a, &b]);
         for app in [&a, &b] {
             for (token, want) in refusals {
                 assert_eq!(code(app, token).await, want);
@@ -244,7 +267,7 @@ async fn redis_losing_its_marks_does_not_bring_a_revoked_token_back() {
             "Redis should be rebuilt from PostgreSQL"
         );
     }
-    outlive_the_caches().await;
+    outlive_the_caches(&[&a, &b]);
     for app in [&a, &b] {
         for (token, want) in refusals {
             assert_eq!(code(app, token).await, want);
@@ -277,7 +300,8 @@ async fn a_logout_redis_has_no_memory_for_is_never_taken_for_valid() {
     for app in [&a, &b] {
         assert!(answers(app, &u.access, "token_revoked", Duration::from_secs(1)).await);
     }
-    outlive_the_caches().await;
+    assert!(redis_cannot_vouch(&a, "s", &sid).await);
+    outlive_the_caches(&[&a, &b]);
     for app in [&a, &b] {
         assert_eq!(code(app, &u.access).await, "token_revoked");
         assert_eq!(code(app, &fine.access).await, "ok");
@@ -302,7 +326,7 @@ async fn a_logout_redis_has_no_memory_for_is_never_taken_for_valid() {
         .await,
         "the retried mark should reach Redis"
     );
-    outlive_the_caches().await;
+    outlive_the_caches(&[&a, &b]);
     for app in [&a, &b] {
         assert_eq!(code(app, &u.access).await, "token_revoked");
         assert_eq!(code(app, &fine.access).await, "ok");

@@ -3,11 +3,11 @@
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::helpers::{problem, TestApp};
-use crate::users::{admin, delete, patch, role_id};
+use crate::helpers::{json_of, problem, TestApp, ANONYMOUS};
+use crate::users::{admin, role_id};
 
 async fn catalog_names(app: &TestApp, token: &str) -> Vec<Value> {
-    let catalog: Value = app.get_json("/api/v1/permissions", Some(token)).await;
+    let catalog = json_of(app.permissions(token).await).await;
     catalog["items"]
         .as_array()
         .unwrap()
@@ -43,8 +43,9 @@ async fn the_catalog_lists_builtin_and_service_permissions() {
     assert_eq!(names, sorted);
     assert_eq!(items.iter().filter(|p| p["builtin"] == true).count(), 12);
 
-    let r = app.get("/api/v1/permissions", None).await;
+    let r = app.permissions(ANONYMOUS).await;
     assert_eq!(problem(r).await, (401, "unauthorized".into()));
+    // the method is what is wrong: the path is written out
     let r = app
         .post("/api/v1/permissions", Some(&u.access), json!({"name": "x"}))
         .await;
@@ -87,17 +88,14 @@ async fn roles_are_listed_by_name_and_superuser_holds_the_whole_catalog() {
             "user_self_update"
         ])
     );
-    let one = format!("/api/v1/roles/{}", items[2]["id"].as_str().unwrap());
-    let r: Value = app.get_json(&one, Some(&u.access)).await;
+    let one = items[2]["id"].as_str().unwrap();
+    let r = json_of(app.role(&u.access, one).await).await;
     assert_eq!(r, items[2]);
-    for bad in [
-        format!("/api/v1/roles/{}", uuid::Uuid::new_v4()),
-        "/api/v1/roles/nope".to_owned(),
-    ] {
-        let r = app.get(&bad, Some(&u.access)).await;
+    for bad in [uuid::Uuid::new_v4().to_string(), "nope".to_owned()] {
+        let r = app.role(&u.access, &bad).await;
         assert_eq!(problem(r).await, (404, "not_found".into()), "{bad}");
     }
-    let r = app.get("/api/v1/roles", None).await;
+    let r = app.roles(ANONYMOUS).await;
     assert_eq!(problem(r).await, (401, "unauthorized".into()));
 }
 
@@ -106,9 +104,8 @@ async fn roles_are_created_with_valid_names_and_known_permissions() {
     let app = TestApp::spawn().await;
     let root = admin(&app).await;
     let r = app
-        .post(
-            "/api/v1/roles",
-            Some(&root.access),
+        .create_role(
+            &root.access,
             json!({"name": "film-critic_2", "description": "Writes reviews",
                    "permissions": ["films_read", "films_read", "role_read"]}),
         )
@@ -119,26 +116,16 @@ async fn roles_are_created_with_valid_names_and_known_permissions() {
     assert_eq!(role["description"], "Writes reviews");
     assert_eq!(role["builtin"], false);
     assert_eq!(role["permissions"], json!(["films_read", "role_read"]));
-    let fetched: Value = app
-        .get_json(
-            &format!("/api/v1/roles/{}", role["id"].as_str().unwrap()),
-            Some(&root.access),
-        )
-        .await;
+    let fetched = app.role(&root.access, role["id"].as_str().unwrap()).await;
+    let fetched = json_of(fetched).await;
     assert_eq!(fetched, role);
     // the description may be left out, the permissions may not
-    let r = app
-        .post("/api/v1/roles", Some(&root.access), json!({"name": "bare"}))
-        .await;
+    let r = app.create_role(&root.access, json!({"name": "bare"})).await;
     assert_eq!(r.status(), 422);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["errors"][0]["field"], "permissions");
     let r = app
-        .post(
-            "/api/v1/roles",
-            Some(&root.access),
-            json!({"name": "bare", "permissions": []}),
-        )
+        .create_role(&root.access, json!({"name": "bare", "permissions": []}))
         .await;
     assert_eq!(r.status(), StatusCode::CREATED);
     let bare: Value = r.json().await.unwrap();
@@ -147,22 +134,14 @@ async fn roles_are_created_with_valid_names_and_known_permissions() {
 
     for name in ["film-critic_2", "superuser"] {
         let r = app
-            .post(
-                "/api/v1/roles",
-                Some(&root.access),
-                json!({"name": name, "permissions": []}),
-            )
+            .create_role(&root.access, json!({"name": name, "permissions": []}))
             .await;
         assert_eq!(problem(r).await, (409, "role_exists".into()), "{name}");
     }
     let long = "x".repeat(65);
     for name in ["", "Editor", "film critic", "é", long.as_str()] {
         let r = app
-            .post(
-                "/api/v1/roles",
-                Some(&root.access),
-                json!({"name": name, "permissions": []}),
-            )
+            .create_role(&root.access, json!({"name": name, "permissions": []}))
             .await;
         assert_eq!(r.status(), 422, "{name:?}");
         let body: Value = r.json().await.unwrap();
@@ -175,36 +154,25 @@ async fn roles_are_created_with_valid_names_and_known_permissions() {
         json!({"name": "ok", "permissions": "films_read"}),
         json!({"name": "ok", "builtin": true}),
     ] {
-        let r = app
-            .post("/api/v1/roles", Some(&root.access), body.clone())
-            .await;
+        let r = app.create_role(&root.access, body.clone()).await;
         assert_eq!(problem(r).await.0, 422, "{body}");
     }
     let r = app
-        .post(
-            "/api/v1/roles",
-            Some(&root.access),
+        .create_role(
+            &root.access,
             json!({"name": "ghostly", "permissions": ["films_read", "fly"]}),
         )
         .await;
     assert_eq!(problem(r).await, (422, "unknown_permission".into()));
     // nothing half-done: the refused role does not exist
     let r = app
-        .post(
-            "/api/v1/roles",
-            Some(&root.access),
-            json!({"name": "ghostly", "permissions": []}),
-        )
+        .create_role(&root.access, json!({"name": "ghostly", "permissions": []}))
         .await;
     assert_eq!(r.status(), StatusCode::CREATED);
 
     let plain = app.user().await;
     let r = app
-        .post(
-            "/api/v1/roles",
-            Some(&plain.access),
-            json!({"name": "mine", "permissions": []}),
-        )
+        .create_role(&plain.access, json!({"name": "mine", "permissions": []}))
         .await;
     assert_eq!(problem(r).await, (403, "forbidden".into()));
 }
@@ -213,78 +181,95 @@ async fn roles_are_created_with_valid_names_and_known_permissions() {
 async fn roles_are_changed_but_builtins_keep_their_names() {
     let app = TestApp::spawn().await;
     let root = admin(&app).await;
-    let created: Value = app
-        .post_json(
-            "/api/v1/roles",
-            Some(&root.access),
+    let created = json_of(
+        app.create_role(
+            &root.access,
             json!({"name": "critic", "permissions": ["films_read"]}),
         )
-        .await;
-    let path = format!("/api/v1/roles/{}", created["id"].as_str().unwrap());
+        .await,
+    )
+    .await;
+    let id = created["id"].as_str().unwrap();
 
-    let r = patch(&app, &path, &root.access, json!({"name": "reviewer"})).await;
+    let r = app
+        .update_role(&root.access, id, json!({"name": "reviewer"}))
+        .await;
     assert_eq!(r.status(), StatusCode::OK);
     let role: Value = r.json().await.unwrap();
     assert_eq!(role["name"], "reviewer");
     assert_eq!(role["permissions"], json!(["films_read"]));
     assert!(role["updated_at"].as_str() >= created["updated_at"].as_str());
 
-    let r = patch(
-        &app,
-        &path,
-        &root.access,
-        json!({"description": "Reviews films", "permissions": ["films_watch", "role_read"]}),
-    )
-    .await;
+    let r = app
+        .update_role(
+            &root.access,
+            id,
+            json!({"description": "Reviews films", "permissions": ["films_watch", "role_read"]}),
+        )
+        .await;
     let role: Value = r.json().await.unwrap();
     assert_eq!(role["name"], "reviewer");
     assert_eq!(role["description"], "Reviews films");
     assert_eq!(role["permissions"], json!(["films_watch", "role_read"]));
-    let r = patch(&app, &path, &root.access, json!({"permissions": []})).await;
+    let r = app
+        .update_role(&root.access, id, json!({"permissions": []}))
+        .await;
     assert_eq!(r.json::<Value>().await.unwrap()["permissions"], json!([]));
 
-    let r = patch(&app, &path, &root.access, json!({"permissions": ["fly"]})).await;
+    let r = app
+        .update_role(&root.access, id, json!({"permissions": ["fly"]}))
+        .await;
     assert_eq!(problem(r).await, (422, "unknown_permission".into()));
-    let r = patch(&app, &path, &root.access, json!({"name": "user"})).await;
+    let r = app
+        .update_role(&root.access, id, json!({"name": "user"}))
+        .await;
     assert_eq!(problem(r).await, (409, "role_exists".into()));
-    let r = patch(&app, &path, &root.access, json!({"name": "Bad Name"})).await;
+    let r = app
+        .update_role(&root.access, id, json!({"name": "Bad Name"}))
+        .await;
     assert_eq!(problem(r).await, (422, "validation_failed".into()));
-    let r = patch(&app, &path, &root.access, json!({"colour": "red"})).await;
+    let r = app
+        .update_role(&root.access, id, json!({"colour": "red"}))
+        .await;
     assert_eq!(problem(r).await, (422, "validation_failed".into()));
 
-    let user = format!(
-        "/api/v1/roles/{}",
-        role_id(&app, &root.access, "user").await
-    );
-    let superuser = format!(
-        "/api/v1/roles/{}",
-        role_id(&app, &root.access, "superuser").await
-    );
-    let r = patch(&app, &user, &root.access, json!({"name": "member"})).await;
+    let user = role_id(&app, &root.access, "user").await;
+    let superuser = role_id(&app, &root.access, "superuser").await;
+    let r = app
+        .update_role(&root.access, &user, json!({"name": "member"}))
+        .await;
     assert_eq!(problem(r).await, (409, "role_builtin".into()));
-    let r = patch(&app, &superuser, &root.access, json!({"name": "root"})).await;
+    let r = app
+        .update_role(&root.access, &superuser, json!({"name": "root"}))
+        .await;
     assert_eq!(problem(r).await, (409, "role_builtin".into()));
-    let r = patch(&app, &superuser, &root.access, json!({"permissions": []})).await;
+    let r = app
+        .update_role(&root.access, &superuser, json!({"permissions": []}))
+        .await;
     assert_eq!(problem(r).await, (409, "role_builtin".into()));
     // the same name is no rename; descriptions and `user`'s grants may change
-    let r = patch(
-        &app,
-        &user,
-        &root.access,
-        json!({"name": "user", "description": "Everyone who signed up",
+    let r = app
+        .update_role(
+            &root.access,
+            &user,
+            json!({"name": "user", "description": "Everyone who signed up",
                "permissions": ["user_self_read", "films_read"]}),
-    )
-    .await;
+        )
+        .await;
     assert_eq!(r.status(), StatusCode::OK);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["permissions"], json!(["films_read", "user_self_read"]));
     assert_eq!(body["builtin"], true);
 
-    let unknown = format!("/api/v1/roles/{}", uuid::Uuid::new_v4());
-    let r = patch(&app, &unknown, &root.access, json!({"description": "x"})).await;
+    let unknown = uuid::Uuid::new_v4().to_string();
+    let r = app
+        .update_role(&root.access, &unknown, json!({"description": "x"}))
+        .await;
     assert_eq!(problem(r).await, (404, "not_found".into()));
     let plain = app.user().await;
-    let r = patch(&app, &path, &plain.access, json!({"description": "x"})).await;
+    let r = app
+        .update_role(&plain.access, id, json!({"description": "x"}))
+        .await;
     assert_eq!(problem(r).await, (403, "forbidden".into()));
 }
 
@@ -293,42 +278,34 @@ async fn deleting_a_role_takes_it_from_every_user() {
     let app = TestApp::spawn().await;
     let root = admin(&app).await;
     let u = app.user().await;
-    let created: Value = app
-        .post_json(
-            "/api/v1/roles",
-            Some(&root.access),
+    let created = json_of(
+        app.create_role(
+            &root.access,
             json!({"name": "critic", "permissions": ["films_read"]}),
         )
-        .await;
+        .await,
+    )
+    .await;
     let id = created["id"].as_str().unwrap();
-    let path = format!("/api/v1/roles/{id}");
-    let assign = format!("/api/v1/users/{}/roles/{id}", u.id);
-    assert_eq!(
-        crate::users::put(&app, &assign, &root.access)
-            .await
-            .status(),
-        204
-    );
+    assert_eq!(app.give_role(&root.access, &u.id, id).await.status(), 204);
 
     let plain = app.user().await;
-    let r = delete(&app, &path, &plain.access).await;
+    let r = app.delete_role(&plain.access, id).await;
     assert_eq!(problem(r).await, (403, "forbidden".into()));
-    let r = delete(&app, &path, &root.access).await;
+    let r = app.delete_role(&root.access, id).await;
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
-    let r = app.get(&path, Some(&root.access)).await;
+    let r = app.role(&root.access, id).await;
     assert_eq!(problem(r).await, (404, "not_found".into()));
-    let r = delete(&app, &path, &root.access).await;
+    let r = app.delete_role(&root.access, id).await;
     assert_eq!(problem(r).await, (404, "not_found".into()));
-    let user: Value = app
-        .get_json(&format!("/api/v1/users/{}", u.id), Some(&root.access))
-        .await;
+    let user = json_of(app.user_by_id(&root.access, &u.id).await).await;
     assert_eq!(user["roles"], json!(["user"]));
 
     for name in ["superuser", "user", "non_registered"] {
-        let builtin = format!("/api/v1/roles/{}", role_id(&app, &root.access, name).await);
-        let r = delete(&app, &builtin, &root.access).await;
+        let builtin = role_id(&app, &root.access, name).await;
+        let r = app.delete_role(&root.access, &builtin).await;
         assert_eq!(problem(r).await, (409, "role_builtin".into()), "{name}");
     }
-    let r = delete(&app, "/api/v1/roles/garbage", &root.access).await;
+    let r = app.delete_role(&root.access, "garbage").await;
     assert_eq!(problem(r).await, (404, "not_found".into()));
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::helpers::{eventually, TestApp};
+use crate::helpers::{eventually, json_of, TestApp, ANONYMOUS};
 
 /// The text of `/metrics`.
 pub async fn metrics(app: &TestApp) -> String {
@@ -35,9 +35,9 @@ async fn series(app: &TestApp) -> BTreeSet<String> {
 async fn junk(app: &TestApp, round: &str) {
     for i in 0..20 {
         let id = format!("{round}-{i}-{}", uuid::Uuid::new_v4().simple());
-        let r = app.get(&format!("/api/v1/users/{id}"), None).await;
+        let r = app.user_by_id(ANONYMOUS, &id).await;
         assert_eq!(r.status(), 401);
-        let r = app.get(&format!("/api/v1/users/{id}/history"), None).await;
+        let r = app.user_history(ANONYMOUS, &id).await;
         assert_eq!(r.status(), 401);
         let r = app
             .client
@@ -82,9 +82,9 @@ async fn junk_paths_add_no_metric_series() {
 
 /// The IP of the caller's newest session, and of the newest history event.
 async fn recorded_ips(app: &TestApp, access: &str) -> (String, String) {
-    let sessions: Value = app.get_json("/api/v1/auth/sessions", Some(access)).await;
+    let sessions: Value = json_of(app.sessions(access).await).await;
     let session = sessions["items"][0]["ip"].as_str().unwrap().to_owned();
-    let history: Value = app.get_json("/api/v1/auth/history", Some(access)).await;
+    let history: Value = json_of(app.login_history(access).await).await;
     let event = history["items"][0]["ip"].as_str().unwrap().to_owned();
     (session, event)
 }

@@ -3,56 +3,35 @@
 
 use std::time::Duration;
 
-use reqwest::Method;
-use serde_json::{json, Value};
+use serde_json::json;
 
-use crate::helpers::{problem, Signed, TestApp};
-use crate::users::{admin, delete, patch, put, relogin, role_id, token_roles};
+use crate::helpers::{json_of, problem, Signed, TestApp};
+use crate::users::{admin, relogin, role_id, token_roles};
 
 #[tokio::test]
 async fn a_plain_user_cannot_read_change_or_disable_another_user() {
     let app = TestApp::spawn().await;
     let mallory = app.user().await;
     let alice = app.user().await;
-    let theirs = format!("/api/v1/users/{}", alice.id);
-    let t = Some(mallory.access.as_str());
+    let (t, theirs) = (mallory.access.as_str(), alice.id.as_str());
 
-    assert_eq!(problem(app.get("/api/v1/users", t).await).await.0, 403);
-    assert_eq!(
-        problem(app.get("/api/v1/users?email=cinema", t).await)
-            .await
-            .0,
-        403
-    );
-    assert_eq!(problem(app.get(&theirs, t).await).await.0, 403);
-    assert_eq!(
-        problem(app.get(&format!("{theirs}/history"), t).await)
-            .await
-            .0,
-        403
-    );
-    assert_eq!(
-        problem(app.get(&format!("{theirs}/roles"), t).await)
-            .await
-            .0,
-        403
-    );
-    let r = patch(
-        &app,
-        &theirs,
-        &mallory.access,
-        json!({"email": "owned@evil.test"}),
-    )
-    .await;
+    assert_eq!(problem(app.users(t, "").await).await.0, 403);
+    assert_eq!(problem(app.users(t, "email=cinema").await).await.0, 403);
+    assert_eq!(problem(app.user_by_id(t, theirs).await).await.0, 403);
+    assert_eq!(problem(app.user_history(t, theirs).await).await.0, 403);
+    assert_eq!(problem(app.user_roles(t, theirs).await).await.0, 403);
+    let r = app
+        .update_user(t, theirs, json!({"email": "owned@evil.test"}))
+        .await;
     assert_eq!(problem(r).await, (403, "forbidden".into()));
-    let r = delete(&app, &theirs, &mallory.access).await;
+    let r = app.disable_user(t, theirs).await;
     assert_eq!(problem(r).await, (403, "forbidden".into()));
     // an unknown id answers the same as a real one: existence does not leak
-    let ghost = format!("/api/v1/users/{}", uuid::Uuid::new_v4());
-    assert_eq!(problem(app.get(&ghost, t).await).await.0, 403);
+    let ghost = uuid::Uuid::new_v4().to_string();
+    assert_eq!(problem(app.user_by_id(t, &ghost).await).await.0, 403);
 
     // alice is untouched and still signed in
-    let me: Value = app.get_json("/api/v1/users/me", Some(&alice.access)).await;
+    let me = json_of(app.me(&alice.access).await).await;
     assert_eq!(me["email"], alice.email.as_str());
     assert_eq!(me["disabled"], false);
 }
@@ -64,50 +43,56 @@ async fn a_plain_user_cannot_give_themselves_any_role() {
     let mallory = app.user().await;
     let superuser = role_id(&app, &root.access, "superuser").await;
     let user = role_id(&app, &root.access, "user").await;
-    let custom: Value = app
-        .post_json(
-            "/api/v1/roles",
-            Some(&root.access),
+    let custom = json_of(
+        app.create_role(
+            &root.access,
             json!({"name": "auditor", "permissions": ["user_all_read"]}),
         )
-        .await;
+        .await,
+    )
+    .await;
     let custom = custom["id"].as_str().unwrap().to_owned();
 
     for target in [mallory.id.as_str(), "me"] {
         for role in [&superuser, &custom, &user] {
-            let path = format!("/api/v1/users/{target}/roles/{role}");
-            let r = put(&app, &path, &mallory.access).await;
-            assert_eq!(problem(r).await, (403, "forbidden".into()), "PUT {path}");
-            let r = delete(&app, &path, &mallory.access).await;
-            assert_eq!(problem(r).await, (403, "forbidden".into()), "DELETE {path}");
+            let r = app.give_role(&mallory.access, target, role).await;
+            assert_eq!(
+                problem(r).await,
+                (403, "forbidden".into()),
+                "{target} {role}"
+            );
+            let r = app.take_role(&mallory.access, target, role).await;
+            assert_eq!(
+                problem(r).await,
+                (403, "forbidden".into()),
+                "{target} {role}"
+            );
         }
     }
     // nor by changing roles or smuggling fields into other bodies
-    let user_role = format!("/api/v1/roles/{user}");
-    let r = patch(
-        &app,
-        &user_role,
-        &mallory.access,
-        json!({"permissions": ["user_all_set_role"]}),
-    )
-    .await;
+    let r = app
+        .update_role(
+            &mallory.access,
+            &user,
+            json!({"permissions": ["user_all_set_role"]}),
+        )
+        .await;
     assert_eq!(problem(r).await, (403, "forbidden".into()));
     let r = app
-        .post(
-            "/api/v1/roles",
-            Some(&mallory.access),
+        .create_role(
+            &mallory.access,
             json!({"name": "mine", "permissions": ["user_all_set_role"]}),
         )
         .await;
     assert_eq!(problem(r).await, (403, "forbidden".into()));
-    let r = patch(
-        &app,
-        "/api/v1/users/me",
-        &mallory.access,
-        json!({"email": mallory.email, "roles": ["superuser"]}),
-    )
-    .await;
+    let r = app
+        .update_me(
+            &mallory.access,
+            json!({"email": mallory.email, "roles": ["superuser"]}),
+        )
+        .await;
     assert_eq!(r.status(), 422);
+    // a field no method sends: the request is written out
     let r = app
         .post(
             "/api/v1/auth/register",
@@ -118,9 +103,7 @@ async fn a_plain_user_cannot_give_themselves_any_role() {
     assert_eq!(r.status(), 422);
 
     // the token still works and the roles did not move
-    let me: Value = app
-        .get_json("/api/v1/users/me", Some(&mallory.access))
-        .await;
+    let me = json_of(app.me(&mallory.access).await).await;
     assert_eq!(me["roles"], json!(["user"]));
     assert!(!me["permissions"]
         .as_array()
@@ -129,28 +112,15 @@ async fn a_plain_user_cannot_give_themselves_any_role() {
 }
 
 #[tokio::test]
-async fn every_users_and_roles_endpoint_needs_a_token() {
+async fn every_endpoint_that_is_not_open_needs_a_token() {
+    use usher::http::endpoint::{Access, Endpoint};
+    use usher::http::Listener;
     let app = TestApp::spawn().await;
-    let id = uuid::Uuid::new_v4();
-    for (method, path) in [
-        (Method::GET, "/api/v1/users".to_owned()),
-        (Method::GET, "/api/v1/users/me".to_owned()),
-        (Method::PATCH, "/api/v1/users/me".to_owned()),
-        (Method::POST, "/api/v1/users/me/password".to_owned()),
-        (Method::GET, format!("/api/v1/users/{id}")),
-        (Method::PATCH, format!("/api/v1/users/{id}")),
-        (Method::DELETE, format!("/api/v1/users/{id}")),
-        (Method::GET, format!("/api/v1/users/{id}/history")),
-        (Method::GET, format!("/api/v1/users/{id}/roles")),
-        (Method::PUT, format!("/api/v1/users/{id}/roles/{id}")),
-        (Method::DELETE, format!("/api/v1/users/{id}/roles/{id}")),
-        (Method::GET, "/api/v1/roles".to_owned()),
-        (Method::POST, "/api/v1/roles".to_owned()),
-        (Method::GET, format!("/api/v1/roles/{id}")),
-        (Method::PATCH, format!("/api/v1/roles/{id}")),
-        (Method::DELETE, format!("/api/v1/roles/{id}")),
-        (Method::GET, "/api/v1/permissions".to_owned()),
-    ] {
+    let guarded = Endpoint::ALL
+        .iter()
+        .filter(|e| e.listener() == Listener::Api && !matches!(e.access(), Access::Anyone));
+    for endpoint in guarded {
+        let (method, path) = (endpoint.method(), endpoint.sample_path());
         let r = app
             .request(method.clone(), &path, None, Some(json!({})))
             .await;
@@ -166,9 +136,9 @@ async fn every_users_and_roles_endpoint_needs_a_token() {
     }
 }
 
-/// Whether `token` is refused on `app` with 403, or 401 `token_stale`.
-async fn refused(app: &TestApp, path: &str, token: &str) -> bool {
-    let r = app.get(path, Some(token)).await;
+/// Whether `token` is refused the list of users on `app` with 403, or 401 `token_stale`.
+async fn refused(app: &TestApp, token: &str) -> bool {
+    let r = app.users(token, "").await;
     match r.status().as_u16() {
         403 => true,
         401 => problem(r).await.1 == "token_stale",
@@ -180,20 +150,20 @@ async fn refused(app: &TestApp, path: &str, token: &str) -> bool {
 /// `user_all_read`) with a token that carries it and works there.
 async fn auditor_on_replica(a: &TestApp, b: &TestApp) -> (Signed, Signed, String) {
     let root = admin(a).await;
-    let role: Value = a
-        .post_json(
-            "/api/v1/roles",
-            Some(&root.access),
+    let role = json_of(
+        a.create_role(
+            &root.access,
             json!({"name": "auditor", "permissions": ["user_all_read"]}),
         )
-        .await;
+        .await,
+    )
+    .await;
     let role = role["id"].as_str().unwrap().to_owned();
     let u = a.user().await;
-    let path = format!("/api/v1/users/{}/roles/{role}", u.id);
-    assert_eq!(put(a, &path, &root.access).await.status(), 204);
+    assert_eq!(a.give_role(&root.access, &u.id, &role).await.status(), 204);
     let u = relogin(b, &u).await;
     assert_eq!(token_roles(&u.access), json!(["auditor", "user"]));
-    assert_eq!(b.get("/api/v1/users", Some(&u.access)).await.status(), 200);
+    assert_eq!(b.users(&u.access, "").await.status(), 200);
     (root, u, role)
 }
 
@@ -203,28 +173,16 @@ async fn a_removed_role_stops_working_on_another_replica_within_a_second() {
     let b = a.replica().await;
     let (root, u, role) = auditor_on_replica(&a, &b).await;
 
-    let path = format!("/api/v1/users/{}/roles/{role}", u.id);
-    assert_eq!(delete(&a, &path, &root.access).await.status(), 204);
+    assert_eq!(a.take_role(&root.access, &u.id, &role).await.status(), 204);
     assert!(
-        crate::helpers::eventually(Duration::from_secs(1), || refused(
-            &b,
-            "/api/v1/users",
-            &u.access
-        ))
-        .await,
+        crate::helpers::eventually(Duration::from_secs(1), || refused(&b, &u.access)).await,
         "replica b still honours the removed role a second later"
     );
     // a refresh carries the current roles, and they do not include the permission
-    let t: Value = b
-        .post_json(
-            "/api/v1/auth/refresh",
-            None,
-            json!({"refresh_token": u.refresh}),
-        )
-        .await;
+    let t = json_of(b.refresh(&u.refresh).await).await;
     let access = t["access_token"].as_str().unwrap();
     assert_eq!(token_roles(access), json!(["user"]));
-    let r = b.get("/api/v1/users", Some(access)).await;
+    let r = b.users(access, "").await;
     assert_eq!(problem(r).await, (403, "forbidden".into()));
     assert_eq!(b.me(access).await.status(), 200);
 }
@@ -235,25 +193,16 @@ async fn a_removed_grant_stops_working_on_another_replica_within_a_second() {
     let b = a.replica().await;
     let (root, u, role) = auditor_on_replica(&a, &b).await;
 
-    let r = patch(
-        &a,
-        &format!("/api/v1/roles/{role}"),
-        &root.access,
-        json!({"permissions": ["role_read"]}),
-    )
-    .await;
+    let r = a
+        .update_role(&root.access, &role, json!({"permissions": ["role_read"]}))
+        .await;
     assert_eq!(r.status(), 200);
     assert!(
-        crate::helpers::eventually(Duration::from_secs(1), || refused(
-            &b,
-            "/api/v1/users",
-            &u.access
-        ))
-        .await,
+        crate::helpers::eventually(Duration::from_secs(1), || refused(&b, &u.access)).await,
         "replica b still honours the removed grant a second later"
     );
     // the token itself is still good: its roles did not change, only what they grant
-    let r = b.get("/api/v1/users", Some(&u.access)).await;
+    let r = b.users(&u.access, "").await;
     assert_eq!(problem(r).await, (403, "forbidden".into()));
     assert_eq!(b.me(&u.access).await.status(), 200);
 }
@@ -265,52 +214,24 @@ async fn a_deleted_or_renamed_role_makes_tokens_stale_on_another_replica() {
     let (root, u, role) = auditor_on_replica(&a, &b).await;
 
     // a rename changes the names inside tokens: holders must refresh
-    let r = patch(
-        &a,
-        &format!("/api/v1/roles/{role}"),
-        &root.access,
-        json!({"name": "inspector"}),
-    )
-    .await;
+    let r = a
+        .update_role(&root.access, &role, json!({"name": "inspector"}))
+        .await;
     assert_eq!(r.status(), 200);
     let stale = || async {
-        let r = b.get("/api/v1/users", Some(&u.access)).await;
+        let r = b.users(&u.access, "").await;
         r.status() == 401 && problem(r).await.1 == "token_stale"
     };
     assert!(crate::helpers::eventually(Duration::from_secs(1), stale).await);
-    let t: Value = b
-        .post_json(
-            "/api/v1/auth/refresh",
-            None,
-            json!({"refresh_token": u.refresh}),
-        )
-        .await;
+    let t = json_of(b.refresh(&u.refresh).await).await;
     let access = t["access_token"].as_str().unwrap().to_owned();
     let refresh = t["refresh_token"].as_str().unwrap().to_owned();
     assert_eq!(token_roles(&access), json!(["inspector", "user"]));
-    assert_eq!(b.get("/api/v1/users", Some(&access)).await.status(), 200);
+    assert_eq!(b.users(&access, "").await.status(), 200);
 
-    assert_eq!(
-        delete(&a, &format!("/api/v1/roles/{role}"), &root.access)
-            .await
-            .status(),
-        204
-    );
-    assert!(
-        crate::helpers::eventually(Duration::from_secs(1), || refused(
-            &b,
-            "/api/v1/users",
-            &access
-        ))
-        .await
-    );
-    let t: Value = b
-        .post_json(
-            "/api/v1/auth/refresh",
-            None,
-            json!({"refresh_token": refresh}),
-        )
-        .await;
+    assert_eq!(a.delete_role(&root.access, &role).await.status(), 204);
+    assert!(crate::helpers::eventually(Duration::from_secs(1), || refused(&b, &access)).await);
+    let t = json_of(b.refresh(&refresh).await).await;
     assert_eq!(
         token_roles(t["access_token"].as_str().unwrap()),
         json!(["user"])
@@ -324,7 +245,7 @@ async fn a_disabled_user_is_refused_on_another_replica_within_a_second() {
     let root = admin(&a).await;
     let u = b.user().await;
     assert_eq!(b.me(&u.access).await.status(), 200);
-    let r = delete(&a, &format!("/api/v1/users/{}", u.id), &root.access).await;
+    let r = a.disable_user(&root.access, &u.id).await;
     assert_eq!(r.status(), 200);
     let revoked = || async {
         let r = b.me(&u.access).await;

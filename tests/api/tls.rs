@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde_json::Value;
 use usher::config::{Config, Secret};
 
-use crate::helpers::{eventually, free_port, problem, test_config, tool, which, TestApp};
+use crate::helpers::{eventually, free_port, json_of, problem, test_config, tool, which, TestApp};
 
 fn run(cmd: &mut Command) {
     let out = cmd.output().expect("the command runs");
@@ -397,7 +397,7 @@ async fn redis_over_tls_carries_revocations() {
     assert!(a.state.revocation.feed_is_up() && b.state.revocation.feed_is_up());
 
     let u = a.user().await;
-    let list: Value = a.get_json("/api/v1/auth/sessions", Some(&u.access)).await;
+    let list: Value = json_of(a.sessions(&u.access).await).await;
     let sid = list["items"][0]["id"].as_str().unwrap().to_owned();
     assert_eq!(b.me(&u.access).await.status(), 200);
     assert_eq!(a.logout(&u.access).await.status(), 204);

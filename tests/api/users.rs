@@ -3,7 +3,7 @@
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::helpers::{problem, strings, Signed, TestApp};
+use crate::helpers::{json_of, problem, strings, Signed, TestApp, ANONYMOUS};
 
 /// A fresh user holding `superuser`, with a token that carries it.
 pub async fn admin(app: &TestApp) -> Signed {
@@ -17,7 +17,7 @@ pub async fn relogin(app: &TestApp, u: &Signed) -> Signed {
 
 /// The id of the role named `name`.
 pub async fn role_id(app: &TestApp, token: &str, name: &str) -> String {
-    let roles: Value = app.get_json("/api/v1/roles", Some(token)).await;
+    let roles = json_of(app.roles(token).await).await;
     roles["items"]
         .as_array()
         .unwrap()
@@ -42,19 +42,6 @@ pub fn token_roles(access: &str) -> Value {
     claims["roles"].clone()
 }
 
-pub async fn patch(app: &TestApp, path: &str, token: &str, body: Value) -> reqwest::Response {
-    app.request(Method::PATCH, path, Some(token), Some(body))
-        .await
-}
-
-pub async fn put(app: &TestApp, path: &str, token: &str) -> reqwest::Response {
-    app.request(Method::PUT, path, Some(token), None).await
-}
-
-pub async fn delete(app: &TestApp, path: &str, token: &str) -> reqwest::Response {
-    app.request(Method::DELETE, path, Some(token), None).await
-}
-
 #[tokio::test]
 async fn users_are_listed_by_email_with_pages_and_a_filter() {
     let app = TestApp::spawn().await;
@@ -62,9 +49,7 @@ async fn users_are_listed_by_email_with_pages_and_a_filter() {
     for email in ["carol@other.test", "Bob@films.test", "alice@films.test"] {
         app.register(email, "long enough").await;
     }
-    let page: Value = app
-        .get_json("/api/v1/users?email=FILMS", Some(&root.access))
-        .await;
+    let page = json_of(app.users(&root.access, "email=FILMS").await).await;
     let emails = strings(&page["items"], "email");
     assert_eq!(emails, ["alice@films.test", "Bob@films.test"]);
     assert_eq!(page["total"], 2);
@@ -73,34 +58,28 @@ async fn users_are_listed_by_email_with_pages_and_a_filter() {
     assert_eq!(page["items"][0]["roles"], json!(["user"]));
     assert_eq!(page["items"][0]["disabled"], false);
 
-    let second: Value = app
-        .get_json(
-            "/api/v1/users?email=films&page=2&per_page=1",
-            Some(&root.access),
-        )
+    let second = app
+        .users(&root.access, "email=films&page=2&per_page=1")
         .await;
+    let second = json_of(second).await;
     assert_eq!(second["items"][0]["email"], "Bob@films.test");
     assert_eq!(second["items"].as_array().unwrap().len(), 1);
     assert_eq!(second["total"], 2);
 
-    let all: Value = app.get_json("/api/v1/users", Some(&root.access)).await;
+    let all = json_of(app.users(&root.access, "").await).await;
     assert_eq!(all["total"], 4);
     // a filter with LIKE wildcards is a plain substring
-    let none: Value = app
-        .get_json("/api/v1/users?email=%25", Some(&root.access))
-        .await;
+    let none = json_of(app.users(&root.access, "email=%25").await).await;
     assert_eq!(none["total"], 0);
 
     for bad in ["per_page=101", "per_page=0", "page=0", "page=x"] {
-        let r = app
-            .get(&format!("/api/v1/users?{bad}"), Some(&root.access))
-            .await;
+        let r = app.users(&root.access, bad).await;
         assert_eq!(problem(r).await, (422, "validation_failed".into()), "{bad}");
     }
     let plain = app.user().await;
-    let r = app.get("/api/v1/users", Some(&plain.access)).await;
+    let r = app.users(&plain.access, "").await;
     assert_eq!(problem(r).await, (403, "forbidden".into()));
-    let r = app.get("/api/v1/users", None).await;
+    let r = app.users(ANONYMOUS, "").await;
     assert_eq!(problem(r).await, (401, "unauthorized".into()));
 }
 
@@ -110,34 +89,32 @@ async fn a_user_is_read_by_themselves_or_a_holder_of_user_all_read() {
     let root = admin(&app).await;
     let u = app.user().await;
     let other = app.user().await;
-    let path = format!("/api/v1/users/{}", u.id);
-    let me: Value = app.get_json(&path, Some(&u.access)).await;
+    let me = json_of(app.user_by_id(&u.access, &u.id).await).await;
     assert_eq!(me["email"], u.email.as_str());
     assert_eq!(me["roles"], json!(["user"]));
-    let by_root = app.get(&path, Some(&root.access)).await;
+    let by_root = app.user_by_id(&root.access, &u.id).await;
     assert_eq!(by_root.status(), StatusCode::OK);
-    let r = app.get(&path, Some(&other.access)).await;
+    let r = app.user_by_id(&other.access, &u.id).await;
     assert_eq!(problem(r).await, (403, "forbidden".into()));
-    let r = app.get(&path, None).await;
+    let r = app.user_by_id(ANONYMOUS, &u.id).await;
     assert_eq!(problem(r).await, (401, "unauthorized".into()));
 
-    let unknown = format!("/api/v1/users/{}", uuid::Uuid::new_v4());
+    let unknown = uuid::Uuid::new_v4().to_string();
     assert_eq!(
-        problem(app.get(&unknown, Some(&root.access)).await).await,
+        problem(app.user_by_id(&root.access, &unknown).await).await,
         (404, "not_found".into())
     );
     for bad in ["not-a-uuid", "1", "%00", "me%20"] {
-        let path = format!("/api/v1/users/{bad}");
         for token in [&root.access, &u.access] {
             assert_eq!(
-                problem(app.get(&path, Some(token)).await).await,
+                problem(app.user_by_id(token, bad).await).await,
                 (404, "not_found".into()),
-                "{path}"
+                "{bad}"
             );
         }
     }
     // `/users/me` answers with the effective permissions
-    let me: Value = app.get_json("/api/v1/users/me", Some(&u.access)).await;
+    let me = json_of(app.me(&u.access).await).await;
     assert!(me["permissions"]
         .as_array()
         .unwrap()
@@ -151,13 +128,9 @@ async fn emails_are_changed_by_their_owner_or_a_holder_of_user_all_update() {
     let u = app.user().await;
     let other = app.user().await;
 
-    let r = patch(
-        &app,
-        "/api/v1/users/me",
-        &u.access,
-        json!({"email": " New@Cinema.test "}),
-    )
-    .await;
+    let r = app
+        .update_me(&u.access, json!({"email": " New@Cinema.test "}))
+        .await;
     assert_eq!(r.status(), StatusCode::OK);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["email"], "New@Cinema.test");
@@ -169,17 +142,13 @@ async fn emails_are_changed_by_their_owner_or_a_holder_of_user_all_update() {
     );
     assert_eq!(app.login(&u.email, &u.password).await.status(), 401);
 
-    let own = format!("/api/v1/users/{}", u.id);
-    let r = patch(&app, &own, &u.access, json!({"email": "newer@cinema.test"})).await;
+    let r = app
+        .update_user(&u.access, &u.id, json!({"email": "newer@cinema.test"}))
+        .await;
     assert_eq!(r.status(), StatusCode::OK);
 
-    let r = patch(
-        &app,
-        &own,
-        &u.access,
-        json!({"email": other.email.to_uppercase()}),
-    )
-    .await;
+    let taken = json!({"email": other.email.to_uppercase()});
+    let r = app.update_user(&u.access, &u.id, taken).await;
     assert_eq!(problem(r).await, (409, "email_taken".into()));
     for body in [
         json!({"email": "nope"}),
@@ -187,29 +156,21 @@ async fn emails_are_changed_by_their_owner_or_a_holder_of_user_all_update() {
         json!({}),
         json!({"email": "a@b.test", "roles": ["superuser"]}),
     ] {
-        let r = patch(&app, &own, &u.access, body.clone()).await;
+        let r = app.update_user(&u.access, &u.id, body.clone()).await;
         assert_eq!(r.status(), 422, "{body}");
     }
 
-    let theirs = format!("/api/v1/users/{}", other.id);
-    let r = patch(&app, &theirs, &u.access, json!({"email": "x@cinema.test"})).await;
+    let r = app
+        .update_user(&u.access, &other.id, json!({"email": "x@cinema.test"}))
+        .await;
     assert_eq!(problem(r).await, (403, "forbidden".into()));
-    let r = patch(
-        &app,
-        &theirs,
-        &root.access,
-        json!({"email": "renamed@cinema.test"}),
-    )
-    .await;
+    let renamed = json!({"email": "renamed@cinema.test"});
+    let r = app.update_user(&root.access, &other.id, renamed).await;
     assert_eq!(r.status(), StatusCode::OK);
-    let unknown = format!("/api/v1/users/{}", uuid::Uuid::new_v4());
-    let r = patch(
-        &app,
-        &unknown,
-        &root.access,
-        json!({"email": "y@cinema.test"}),
-    )
-    .await;
+    let unknown = uuid::Uuid::new_v4().to_string();
+    let r = app
+        .update_user(&root.access, &unknown, json!({"email": "y@cinema.test"}))
+        .await;
     assert_eq!(problem(r).await, (404, "not_found".into()));
 }
 
@@ -218,20 +179,18 @@ async fn a_password_change_checks_the_old_one_and_ends_every_other_session() {
     let app = TestApp::spawn().await;
     let u = app.user().await;
     let elsewhere = relogin(&app, &u).await;
-    let path = "/api/v1/users/me/password";
+    let new = "brand new secret";
 
     let r = app
-        .post(
-            path,
-            Some(&u.access),
-            json!({"old_password": "wrong password", "new_password": "brand new secret"}),
+        .change_password(
+            &u.access,
+            json!({"old_password": "wrong password", "new_password": new}),
         )
         .await;
     assert_eq!(problem(r).await, (401, "invalid_credentials".into()));
     let r = app
-        .post(
-            path,
-            Some(&u.access),
+        .change_password(
+            &u.access,
             json!({"old_password": u.password, "new_password": "short"}),
         )
         .await;
@@ -239,29 +198,14 @@ async fn a_password_change_checks_the_old_one_and_ends_every_other_session() {
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["errors"][0]["field"], "new_password");
     let r = app
-        .post(
-            path,
-            Some(&u.access),
-            json!({"new_password": "brand new secret"}),
-        )
+        .change_password(&u.access, json!({"new_password": new}))
         .await;
     assert_eq!(r.status(), 422);
-    let r = app
-        .post(
-            path,
-            None,
-            json!({"old_password": u.password, "new_password": "brand new secret"}),
-        )
-        .await;
+    let change = json!({"old_password": u.password, "new_password": new});
+    let r = app.change_password(ANONYMOUS, change.clone()).await;
     assert_eq!(problem(r).await, (401, "unauthorized".into()));
 
-    let r = app
-        .post(
-            path,
-            Some(&u.access),
-            json!({"old_password": u.password, "new_password": "brand new secret"}),
-        )
-        .await;
+    let r = app.change_password(&u.access, change).await;
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     // this session lives on, the other one ended
     assert_eq!(app.me(&u.access).await.status(), 200);
@@ -271,7 +215,7 @@ async fn a_password_change_checks_the_old_one_and_ends_every_other_session() {
     assert_eq!(r.status(), 401);
     assert_eq!(app.login(&u.email, &u.password).await.status(), 401);
     assert_eq!(app.login(&u.email, "brand new secret").await.status(), 200);
-    let history: Value = app.get_json("/api/v1/auth/history", Some(&u.access)).await;
+    let history = json_of(app.login_history(&u.access).await).await;
     assert!(history["items"]
         .as_array()
         .unwrap()
@@ -287,8 +231,7 @@ async fn disabling_a_user_ends_their_sessions_and_is_idempotent() {
     let v = app.user().await;
 
     // a plain user disables their own account
-    let own = format!("/api/v1/users/{}", u.id);
-    let r = delete(&app, &own, &u.access).await;
+    let r = app.disable_user(&u.access, &u.id).await;
     assert_eq!(r.status(), StatusCode::OK);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["disabled"], true);
@@ -301,18 +244,15 @@ async fn disabling_a_user_ends_their_sessions_and_is_idempotent() {
     assert_eq!(r.status(), 401);
 
     // an administrator disables someone else, twice
-    let theirs = format!("/api/v1/users/{}", v.id);
     for _ in 0..2 {
-        let r = delete(&app, &theirs, &root.access).await;
+        let r = app.disable_user(&root.access, &v.id).await;
         assert_eq!(r.status(), StatusCode::OK);
         let body: Value = r.json().await.unwrap();
         assert_eq!(body["disabled"], true);
     }
     let r = app.me(&v.access).await;
     assert_eq!(problem(r).await, (401, "token_revoked".into()));
-    let history: Value = app
-        .get_json(&format!("{theirs}/history"), Some(&root.access))
-        .await;
+    let history = json_of(app.user_history(&root.access, &v.id).await).await;
     let disabled = history["items"]
         .as_array()
         .unwrap()
@@ -321,8 +261,8 @@ async fn disabling_a_user_ends_their_sessions_and_is_idempotent() {
         .count();
     assert_eq!(disabled, 1, "{history}");
 
-    let unknown = format!("/api/v1/users/{}", uuid::Uuid::new_v4());
-    let r = delete(&app, &unknown, &root.access).await;
+    let unknown = uuid::Uuid::new_v4().to_string();
+    let r = app.disable_user(&root.access, &unknown).await;
     assert_eq!(problem(r).await, (404, "not_found".into()));
 }
 
@@ -331,24 +271,21 @@ async fn history_of_a_user_is_read_by_themselves_or_an_administrator() {
     let app = TestApp::spawn().await;
     let root = admin(&app).await;
     let u = app.user().await;
-    let path = format!("/api/v1/users/{}/history", u.id);
     for token in [&u.access, &root.access] {
-        let r = app.get(&path, Some(token)).await;
+        let r = app.user_history(token, &u.id).await;
         assert_eq!(r.status(), StatusCode::OK);
         let page: Value = r.json().await.unwrap();
         assert_eq!(page["items"][0]["event"], "login");
         assert_eq!(page["total"], 1);
     }
-    let r = app
-        .get(&format!("{path}?per_page=500"), Some(&u.access))
-        .await;
+    // a query no method takes: the path is written out
+    let too_many = format!("/api/v1/users/{}/history?per_page=500", u.id);
+    let r = app.get(&too_many, Some(&u.access)).await;
     assert_eq!(r.status(), 422);
-    let unknown = format!("/api/v1/users/{}/history", uuid::Uuid::new_v4());
-    let r = app.get(&unknown, Some(&root.access)).await;
+    let unknown = uuid::Uuid::new_v4().to_string();
+    let r = app.user_history(&root.access, &unknown).await;
     assert_eq!(problem(r).await, (404, "not_found".into()));
-    let r = app
-        .get("/api/v1/users/zzz/history", Some(&root.access))
-        .await;
+    let r = app.user_history(&root.access, "zzz").await;
     assert_eq!(problem(r).await, (404, "not_found".into()));
 }
 
@@ -357,18 +294,16 @@ async fn roles_are_assigned_and_removed_idempotently() {
     let app = TestApp::spawn().await;
     let root = admin(&app).await;
     let u = app.user().await;
-    let editor: Value = app
-        .post_json(
-            "/api/v1/roles",
-            Some(&root.access),
+    let editor = app
+        .create_role(
+            &root.access,
             json!({"name": "editor", "permissions": ["films_manage"]}),
         )
         .await;
+    let editor = json_of(editor).await;
     let editor_id = editor["id"].as_str().unwrap();
-    let roles_path = format!("/api/v1/users/{}/roles", u.id);
-    let one = format!("{roles_path}/{editor_id}");
 
-    let roles: Value = app.get_json(&roles_path, Some(&u.access)).await;
+    let roles = json_of(app.user_roles(&u.access, &u.id).await).await;
     assert_eq!(roles["items"].as_array().unwrap().len(), 1);
     assert_eq!(roles["items"][0]["name"], "user");
     assert_eq!(roles["items"][0]["builtin"], true);
@@ -378,67 +313,53 @@ async fn roles_are_assigned_and_removed_idempotently() {
         .contains(&json!("user_self_read")));
 
     for _ in 0..2 {
-        assert_eq!(put(&app, &one, &root.access).await.status(), 204);
+        let r = app.give_role(&root.access, &u.id, editor_id).await;
+        assert_eq!(r.status(), 204);
     }
     // the user's token carries old roles now: refresh for the new ones
     let r = app.me(&u.access).await;
     assert_eq!(problem(r).await, (401, "token_stale".into()));
-    let t: Value = app
-        .post_json(
-            "/api/v1/auth/refresh",
-            None,
-            json!({"refresh_token": u.refresh}),
-        )
-        .await;
+    let t = json_of(app.refresh(&u.refresh).await).await;
     let access = t["access_token"].as_str().unwrap();
     assert_eq!(token_roles(access), json!(["editor", "user"]));
-    let me: Value = app.get_json("/api/v1/users/me", Some(access)).await;
+    let me = json_of(app.me(access).await).await;
     assert_eq!(me["roles"], json!(["editor", "user"]));
     assert!(me["permissions"]
         .as_array()
         .unwrap()
         .contains(&json!("films_manage")));
-    let names: Vec<Value> = app
-        .get(&roles_path, Some(&root.access))
-        .await
-        .json::<Value>()
-        .await
-        .unwrap()["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["name"].clone())
-        .collect();
-    assert_eq!(names, [json!("editor"), json!("user")]);
+    let held = json_of(app.user_roles(&root.access, &u.id).await).await;
+    assert_eq!(strings(&held["items"], "name"), ["editor", "user"]);
 
     for _ in 0..2 {
-        assert_eq!(delete(&app, &one, &root.access).await.status(), 204);
+        let r = app.take_role(&root.access, &u.id, editor_id).await;
+        assert_eq!(r.status(), 204);
     }
     let r = app.me(access).await;
     assert_eq!(problem(r).await, (401, "token_stale".into()));
 
-    let ghost_role = format!("{roles_path}/{}", uuid::Uuid::new_v4());
-    let ghost_user = format!("/api/v1/users/{}/roles/{editor_id}", uuid::Uuid::new_v4());
-    for path in [
-        ghost_role.as_str(),
-        ghost_user.as_str(),
-        &format!("{roles_path}/not-a-uuid"),
-        &format!("/api/v1/users/x/roles/{editor_id}"),
+    let ghost = uuid::Uuid::new_v4().to_string();
+    for (user, role) in [
+        (u.id.as_str(), ghost.as_str()),
+        (&ghost, editor_id),
+        (&u.id, "not-a-uuid"),
+        ("x", editor_id),
     ] {
         assert_eq!(
-            problem(put(&app, path, &root.access).await).await,
+            problem(app.give_role(&root.access, user, role).await).await,
             (404, "not_found".into()),
-            "PUT {path}"
+            "PUT {user} {role}"
         );
         assert_eq!(
-            problem(delete(&app, path, &root.access).await).await,
+            problem(app.take_role(&root.access, user, role).await).await,
             (404, "not_found".into()),
-            "DELETE {path}"
+            "DELETE {user} {role}"
         );
     }
-    let unknown = format!("/api/v1/users/{}/roles", uuid::Uuid::new_v4());
-    let r = app.get(&unknown, Some(&root.access)).await;
+    let r = app.user_roles(&root.access, &ghost).await;
     assert_eq!(problem(r).await, (404, "not_found".into()));
+    // the method is what is wrong here: the path is written out
+    let one = format!("/api/v1/users/{}/roles/{editor_id}", u.id);
     let r = app
         .request(Method::POST, &one, Some(&root.access), None)
         .await;

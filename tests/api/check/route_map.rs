@@ -1,6 +1,7 @@
 //! The route map: `usher routes check`, and edits while usher runs.
 
 use super::*;
+use crate::helpers::json_of;
 
 #[test]
 fn routes_check_explains_a_map_and_names_the_bad_line() {
@@ -73,9 +74,7 @@ async fn an_edited_route_map_takes_effect_and_its_new_permissions_join_the_catal
     );
     std::fs::write(&map.0, edited).unwrap();
     let listed = eventually(Duration::from_secs(5), || async {
-        let page: serde_json::Value = app
-            .get_json("/api/v1/permissions", Some(&root.access))
-            .await;
+        let page: serde_json::Value = json_of(app.permissions(&root.access).await).await;
         page["items"]
             .as_array()
             .unwrap()
@@ -99,7 +98,7 @@ async fn an_edited_route_map_takes_effect_and_its_new_permissions_join_the_catal
     })
     .await;
     assert!(refused, "the broken edit should be looked at, and refused");
-    let roles: serde_json::Value = app.get_json("/api/v1/roles", Some(&root.access)).await;
+    let roles: serde_json::Value = json_of(app.roles(&root.access).await).await;
     let user_role = roles["items"]
         .as_array()
         .unwrap()
@@ -109,14 +108,8 @@ async fn an_edited_route_map_takes_effect_and_its_new_permissions_join_the_catal
         .as_str()
         .unwrap()
         .to_owned();
-    let r = app
-        .request(
-            reqwest::Method::PATCH,
-            &format!("/api/v1/roles/{user_role}"),
-            Some(&root.access),
-            Some(serde_json::json!({"permissions": ["user_self_read", "posters_upload"]})),
-        )
-        .await;
+    let grants = serde_json::json!({"permissions": ["user_self_read", "posters_upload"]});
+    let r = app.update_role(&root.access, &user_role, grants).await;
     assert_eq!(r.status(), 200);
     let allowed = eventually(Duration::from_secs(1), || async { posting().await == 200 }).await;
     assert!(

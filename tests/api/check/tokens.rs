@@ -2,23 +2,26 @@
 
 use super::*;
 
+/// A route of `MAP` that any valid token passes: what a check answers is the token's state.
+const WATCHLIST: &str = "/api/v1/watchlist";
+
 #[tokio::test]
 async fn expired_tokens_are_401_token_expired() {
     let (app, _map) = spawn_with_map(MAP, |c| c.tokens.access_ttl = Dur::secs(1)).await;
     let user = app.user().await;
     let t = Some(user.access.as_str());
     // Checked once while valid, so the expiry is also seen on the cached path.
-    let r = ask(&app, Shape::Envoy, "GET", HOST, "/api/v1/watchlist", t).await;
+    let r = ask(&app, Shape::Envoy, "GET", HOST, WATCHLIST, t).await;
     assert_eq!(r.verdict(), (200, String::new()));
     // Its second ends: every shape says so (polled: asking the check changes nothing).
     let expired = eventually(Duration::from_secs(5), || async {
-        let r = ask(&app, Shape::Envoy, "GET", HOST, "/api/v1/watchlist", t).await;
+        let r = ask(&app, Shape::Envoy, "GET", HOST, WATCHLIST, t).await;
         r.verdict() == (401, "token_expired".into())
     })
     .await;
     assert!(expired, "the token should expire after its second");
     for shape in SHAPES {
-        let r = ask(&app, shape, "GET", HOST, "/api/v1/watchlist", t).await;
+        let r = ask(&app, shape, "GET", HOST, WATCHLIST, t).await;
         assert_eq!(r.verdict(), (401, "token_expired".into()), "{shape:?}");
     }
 }
@@ -30,12 +33,10 @@ async fn logout_is_refused_here_and_on_a_replica_within_a_second() {
     let user = app.user().await;
     let t = Some(user.access.as_str());
     for (who, shape) in [(&app, Shape::Envoy), (&other, Shape::Nginx)] {
-        let r = ask(who, shape, "GET", HOST, "/api/v1/watchlist", t).await;
+        let r = ask(who, shape, "GET", HOST, WATCHLIST, t).await;
         assert_eq!(r.verdict(), (200, String::new()), "before logout");
     }
-    let r = app
-        .post("/api/v1/auth/logout", t, serde_json::json!({}))
-        .await;
+    let r = app.logout(&user.access).await;
     assert_eq!(r.status(), 204);
     for who in [&app, &other] {
         let refused = eventually(Duration::from_secs(1), || async {
@@ -50,7 +51,7 @@ async fn logout_is_refused_here_and_on_a_replica_within_a_second() {
 async fn refusing_shapes(app: &TestApp, token: Option<&str>, code: &str) -> usize {
     let mut n = 0;
     for shape in SHAPES {
-        let r = ask(app, shape, "GET", HOST, "/api/v1/watchlist", token).await;
+        let r = ask(app, shape, "GET", HOST, WATCHLIST, token).await;
         if r.verdict() == (401, code.to_owned()) {
             n += 1;
         }
@@ -64,7 +65,7 @@ async fn tokens_with_old_roles_are_401_token_stale() {
     let other = app.replica().await;
     let user = app.user().await;
     let t = Some(user.access.as_str());
-    let r = ask(&other, Shape::Traefik, "GET", HOST, "/api/v1/watchlist", t).await;
+    let r = ask(&other, Shape::Traefik, "GET", HOST, WATCHLIST, t).await;
     assert_eq!(r.verdict(), (200, String::new()));
     // A role change through the API, on one replica: every replica must hear of it.
     let root = app.superuser().await;
@@ -99,7 +100,7 @@ async fn unreachable_state_is_503_never_a_guess() {
         Shape::Envoy,
         "GET",
         HOST,
-        "/api/v1/watchlist",
+        WATCHLIST,
         Some(&seen.access),
     )
     .await;
@@ -108,15 +109,7 @@ async fn unreachable_state_is_503_never_a_guess() {
     // PostgreSQL down: the cached token and one whose state Redis holds keep working.
     let outage = PostgresOutage::start(&app).await;
     for (who, shape) in [(&seen, Shape::Nginx), (&in_redis, Shape::Traefik)] {
-        let r = ask(
-            &app,
-            shape,
-            "GET",
-            HOST,
-            "/api/v1/watchlist",
-            Some(&who.access),
-        )
-        .await;
+        let r = ask(&app, shape, "GET", HOST, WATCHLIST, Some(&who.access)).await;
         assert_eq!(
             r.verdict(),
             (200, String::new()),
@@ -132,15 +125,7 @@ async fn unreachable_state_is_503_never_a_guess() {
     .await;
     assert!(feed_down, "the change feed noticed Redis is gone");
     for shape in SHAPES {
-        let r = ask(
-            &app,
-            shape,
-            "GET",
-            HOST,
-            "/api/v1/watchlist",
-            Some(&never.access),
-        )
-        .await;
+        let r = ask(&app, shape, "GET", HOST, WATCHLIST, Some(&never.access)).await;
         if let Shape::Grpc = shape {
             // gRPC UNAVAILABLE: Envoy then refuses with its status_on_error.
             assert_eq!((r.status, r.header("grpc-status")), (503, Some("14")));
@@ -151,7 +136,7 @@ async fn unreachable_state_is_503_never_a_guess() {
         // What needs no state is still answered.
         let r = ask(&app, shape, "GET", HOST, "/api/v1/auth/login", None).await;
         assert_eq!(r.verdict(), (200, String::new()), "{shape:?}");
-        let r = ask(&app, shape, "GET", HOST, "/api/v1/watchlist", Some("junk")).await;
+        let r = ask(&app, shape, "GET", HOST, WATCHLIST, Some("junk")).await;
         assert_eq!(r.verdict(), (401, "invalid_token".into()), "{shape:?}");
     }
 

@@ -1,6 +1,7 @@
 //! The gateway and usher judge the same host, path and client address.
 
 use super::*;
+use crate::helpers::json_of;
 
 /// One HTTP/1.1 exchange with the gateway, the request line and headers written as given (no
 /// client library normalising the path on the way): the status and the body (the upstream's
@@ -166,7 +167,7 @@ async fn one_request(kind: Kind) {
     assert_eq!(r.status(), 200, "{ctx}");
     let t: Value = r.json().await.unwrap();
     let access = t["access_token"].as_str().unwrap();
-    let sessions: Value = app.get_json("/api/v1/auth/sessions", Some(access)).await;
+    let sessions: Value = json_of(app.sessions(access).await).await;
     // The address the gateway saw: NGINX replaces the header with the peer's; Envoy appends
     // the peer's, or for a loopback peer its own host address.
     let ip = sessions["items"][0]["ip"].as_str().unwrap().to_owned();
@@ -175,7 +176,7 @@ async fn one_request(kind: Kind) {
         assert_eq!(ip, "127.0.0.1", "{ctx}: {sessions}");
     }
     let recorded = eventually(Duration::from_secs(2), || async {
-        let history: Value = app.get_json("/api/v1/auth/history", Some(access)).await;
+        let history: Value = json_of(app.login_history(access).await).await;
         history["items"][0]["event"] == "login" && history["items"][0]["ip"] == ip.as_str()
     })
     .await;
