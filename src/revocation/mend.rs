@@ -75,6 +75,13 @@ impl Revocation {
         }
         if let Err(e) = self.write(&changes, &BTreeSet::new()).await {
             tracing::warn!(error = %e, "a change did not reach Redis; retrying, PostgreSQL decides meanwhile");
+            // At once, not at the first retry: the hashes this change belongs in stop vouching,
+            // so that no replica takes the missing mark for "valid" meanwhile. Redis out of
+            // memory still takes this (HDEL frees memory); Redis down refuses it, and then no
+            // replica can read the hash either.
+            if let Err(e) = self.write(&[], &buckets(&changes)).await {
+                tracing::debug!(error = %e, "hashes not marked incomplete");
+            }
             self.defer(changes);
         }
     }

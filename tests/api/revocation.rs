@@ -297,6 +297,13 @@ async fn a_logout_redis_has_no_memory_for_is_never_taken_for_valid() {
     // The mark cannot be stored (OOM, noeviction); the announcement still goes out.
     let r = a.logout(&u.access).await;
     assert_eq!(r.status(), 204);
+    // Before the logout answers, the mark's hash has stopped vouching (not at the first retry,
+    // which would leave a replica that asks Redis meanwhile taking the absent mark for valid).
+    assert_eq!(
+        mark_and_synced(&a, "s", &sid),
+        (false, false),
+        "the hash still vouches for a session whose mark it lacks"
+    );
     for app in [&a, &b] {
         assert!(answers(app, &u.access, "token_revoked", Duration::from_secs(1)).await);
     }
