@@ -1,6 +1,7 @@
 //! Redis Cluster: two ushers on a private three-master cluster share revocations and role
 //! changes, the marks spread over the shards, and a master's death costs a detour through
-//! PostgreSQL, never a wrong allow, until it is back.
+//! PostgreSQL, never a wrong allow, until it is back. With a replica per master, a failover
+//! (every replica taking over) loses no revocation.
 
 use std::process::Command;
 use std::time::Duration;
@@ -14,8 +15,8 @@ use crate::revocation::{
 use crate::topology::{wait_for_port, Servers, Watch};
 use crate::users::admin;
 
-/// Three masters, no replicas; a master that stops leaves its slots down (and only those:
-/// `cluster-require-full-coverage no`) until it comes back.
+/// Three masters, each with `replicas` replicas; with none, a master that stops leaves its
+/// slots down (and only those: `cluster-require-full-coverage no`) until it comes back.
 struct Cluster {
     servers: Servers,
     ports: Vec<u16>,
@@ -23,9 +24,13 @@ struct Cluster {
 
 impl Cluster {
     async fn start() -> Option<Cluster> {
+        Cluster::start_with(0).await
+    }
+
+    async fn start_with(replicas: usize) -> Option<Cluster> {
         let mut cluster = Cluster {
             servers: Servers::new("cluster")?,
-            ports: (0..3).map(|_| port_with_bus()).collect(),
+            ports: (0..3 * (1 + replicas)).map(|_| port_with_bus()).collect(),
         };
         let cli = tool("redis-cli", &[])?;
         let common = cluster.servers.common();
@@ -53,7 +58,7 @@ impl Cluster {
         let created = Command::new(cli)
             .args(["--cluster", "create"])
             .args(cluster.ports.iter().map(|p| format!("127.0.0.1:{p}")))
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .output()
             .unwrap();
         assert!(
@@ -62,11 +67,18 @@ impl Cluster {
             String::from_utf8_lossy(&created.stdout)
         );
         let ready = eventually(Duration::from_secs(30), || async {
-            (0..3).all(|i| cluster.state_ok(i))
+            (0..cluster.ports.len()).all(|i| cluster.state_ok(i))
         })
         .await;
         assert!(ready, "the cluster should come up");
         Some(cluster)
+    }
+
+    /// Whether node `i` is a replica.
+    fn is_replica(&self, i: usize) -> bool {
+        self.node(i)
+            .and_then(|mut c| redis::cmd("ROLE").query::<redis::Value>(&mut c).ok())
+            .is_some_and(|role| format!("{role:?}").contains("slave"))
     }
 
     fn urls(&self) -> Vec<String> {
@@ -278,6 +290,89 @@ async fn two_ushers_share_a_cluster_and_a_dead_master_never_lets_a_revoked_token
         assert_eq!(code(app, &out.access).await, "token_revoked");
         assert_eq!(code(app, &during).await, "token_revoked");
         assert!(answers(app, &valid.access, "ok", Duration::from_secs(5)).await);
+    }
+    watch.finish().await;
+}
+
+#[tokio::test]
+async fn a_replica_promoted_in_a_cluster_failover_loses_no_revocation() {
+    let Some(cluster) = Cluster::start_with(1).await else {
+        return;
+    };
+    let nodes = cluster.urls();
+    let a = TestApp::spawn_with(|c| {
+        c.redis.mode = usher::config::RedisMode::Cluster;
+        c.redis.nodes = nodes;
+        short_ttl(c);
+    })
+    .await;
+    let b = a.replica().await;
+    let fed = eventually(Duration::from_secs(10), || async {
+        a.state.revocation.feed_is_up() && b.state.revocation.feed_is_up()
+    })
+    .await;
+    assert!(fed, "both change feeds should subscribe");
+
+    // A logout just before the failover, and checks on both ushers from here to the end.
+    let out = a.user().await;
+    let valid = a.user().await;
+    let r = a.logout(&out.access).await;
+    assert_eq!(r.status(), 204);
+    for app in [&a, &b] {
+        assert!(answers(app, &out.access, "token_revoked", Duration::from_secs(1)).await);
+    }
+    let watch = Watch::start(&[&a, &b], vec![out.access.clone()]);
+
+    // Every replica takes over its master at once (no agreement, no waiting for the master's
+    // last writes): what a failover after a master's loss does.
+    let seen = [a.state.kv.generation(), b.state.kv.generation()];
+    let replicas: Vec<usize> = (0..cluster.ports.len())
+        .filter(|i| cluster.is_replica(*i))
+        .collect();
+    assert_eq!(replicas.len(), 3, "one replica per master");
+    for i in &replicas {
+        let _: String = redis::cmd("CLUSTER")
+            .arg("FAILOVER")
+            .arg("TAKEOVER")
+            .query(&mut cluster.node(*i).unwrap())
+            .unwrap();
+    }
+    let promoted = eventually(Duration::from_secs(30), || async {
+        replicas.iter().all(|i| !cluster.is_replica(*i))
+            && (0..cluster.ports.len()).all(|i| cluster.state_ok(i))
+    })
+    .await;
+    assert!(promoted, "the replicas should become masters");
+    let noticed = eventually(Duration::from_secs(10), || async {
+        a.state.kv.generation() > seen[0] && b.state.kv.generation() > seen[1]
+    })
+    .await;
+    assert!(noticed, "both ushers should notice the failover");
+
+    // Valid tokens pass, the revoked one stays refused, with or without cached answers.
+    for app in [&a, &b] {
+        assert!(answers(app, &valid.access, "ok", Duration::from_secs(10)).await);
+        assert_eq!(code(app, &out.access).await, "token_revoked");
+    }
+    outlive_the_caches(&[&a, &b]);
+    for app in [&a, &b] {
+        assert_eq!(code(app, &out.access).await, "token_revoked");
+    }
+    // A logout after the failover is refused on both within a second.
+    let after = login(&a, &valid.email, &valid.password).await;
+    for app in [&a, &b] {
+        assert!(answers(app, &after, "ok", Duration::from_secs(10)).await);
+    }
+    let r = b.logout(&after).await;
+    assert_eq!(r.status(), 204);
+    watch.refuse(after.clone());
+    for app in [&a, &b] {
+        assert!(answers(app, &after, "token_revoked", Duration::from_secs(1)).await);
+    }
+    outlive_the_caches(&[&a, &b]);
+    for app in [&a, &b] {
+        assert_eq!(code(app, &out.access).await, "token_revoked");
+        assert_eq!(code(app, &after).await, "token_revoked");
     }
     watch.finish().await;
 }
