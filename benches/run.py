@@ -300,35 +300,42 @@ ENVOY_JWT = """                  - name: envoy.filters.http.jwt_authn
 """
 
 
-def envoy_config(variant, jwks):
-    """gateway-config/envoy.yaml rendered by render.sh, access log off (it would cost every
-    variant the same), and for `jwt` the ext_authz filter replaced by jwt_authn."""
-    authz = PORTS["stub"] if variant == "stub" else PORTS["internal"]
-    env = {"GATEWAY_PORT": str(PORTS[f"gw_{variant}"]), "ADMIN_PORT": str(PORTS[f"adm_{variant}"]),
-           "USHER_INTERNAL_HOST": "127.0.0.1", "USHER_INTERNAL_PORT": str(authz),
-           "USHER_API_HOST": "127.0.0.1", "USHER_API_PORT": str(PORTS["api"]),
-           "UPSTREAM_HOST": "127.0.0.1", "UPSTREAM_PORT": str(PORTS["upstream"])}
-    out = os.path.join(work, f"envoy-{variant}.yaml")
+def render_envoy(env, out, swap=None):
+    """gateway-config/envoy.yaml rendered by render.sh into `out` with the placeholders in
+    `env`, its access log off (it would cost every variant the same); `swap` maps the first line
+    of a block (stripped) to the text that replaces the whole block."""
     subprocess.run(["sh", os.path.join(ROOT, "gateway-config", "render.sh"),
                     os.path.join(ROOT, "gateway-config", "envoy.yaml"), out],
                    env={**os.environ, **env}, check=True)
-    lines = open(out).read().split("\n")
+    swap = {"access_log:": "", **(swap or {})}
     kept, skip_indent = [], None
-    for line in lines:
+    for line in open(out).read().split("\n"):
         indent = len(line) - len(line.lstrip())
         if skip_indent is not None:
             if line.strip() and indent <= skip_indent:
                 skip_indent = None
             else:
                 continue
-        if line.strip() == "access_log:" or (variant == "jwt" and line.strip() == "- name: envoy.filters.http.ext_authz"):
+        if line.strip() in swap:
             skip_indent = indent
-            if variant == "jwt" and "ext_authz" in line:
-                kept.append(ENVOY_JWT.format(jwks=jwks).rstrip("\n"))
+            if swap[line.strip()]:
+                kept.append(swap[line.strip()].rstrip("\n"))
             continue
         kept.append(line)
     open(out, "w").write("\n".join(kept))
     return out
+
+
+def envoy_config(variant, jwks):
+    """The gateway for `variant`: usher (or the allow-all stub) as its ext_authz, or for `jwt`
+    the ext_authz filter replaced by jwt_authn."""
+    authz = PORTS["stub"] if variant == "stub" else PORTS["internal"]
+    env = {"GATEWAY_PORT": str(PORTS[f"gw_{variant}"]), "ADMIN_PORT": str(PORTS[f"adm_{variant}"]),
+           "USHER_INTERNAL_HOST": "127.0.0.1", "USHER_INTERNAL_PORT": str(authz),
+           "USHER_API_HOST": "127.0.0.1", "USHER_API_PORT": str(PORTS["api"]),
+           "UPSTREAM_HOST": "127.0.0.1", "UPSTREAM_PORT": str(PORTS["upstream"])}
+    swap = {"- name: envoy.filters.http.ext_authz": ENVOY_JWT.format(jwks=jwks)} if variant == "jwt" else None
+    return render_envoy(env, os.path.join(work, f"envoy-{variant}.yaml"), swap)
 
 
 def row_envoy(a, token, results):

@@ -132,17 +132,14 @@ def ops_row(results):
 
 
 def envoy_for(n):
-    """gateway-config/envoy.yaml rendered for replica 1, then its two usher clusters widened to
-    the first `n` replicas (each health-checked on its internal port), access log off."""
+    """gateway-config/envoy.yaml rendered for replica 1 (`run.render_envoy`), then its two
+    usher clusters widened to the first `n` replicas (each health-checked on its internal port)."""
     api, internal = REPLICAS[0]
     env = {"GATEWAY_PORT": str(GATEWAY), "ADMIN_PORT": str(ADMIN),
            "USHER_INTERNAL_HOST": "127.0.0.1", "USHER_INTERNAL_PORT": str(internal),
            "USHER_API_HOST": "127.0.0.1", "USHER_API_PORT": str(api),
            "UPSTREAM_HOST": "127.0.0.1", "UPSTREAM_PORT": str(UPSTREAM)}
-    out = os.path.join(R.work, f"envoy-{n}.yaml")
-    subprocess.run(["sh", os.path.join(R.ROOT, "gateway-config", "render.sh"),
-                    os.path.join(R.ROOT, "gateway-config", "envoy.yaml"), out],
-                   env={**os.environ, **env}, check=True)
+    out = R.render_envoy(env, os.path.join(R.work, f"envoy-{n}.yaml"))
     text = open(out).read()
 
     def endpoint(port, check=None):
@@ -156,17 +153,7 @@ def envoy_for(n):
     assert one_internal in text and one_api in text, "envoy.yaml's endpoints changed shape"
     text = text.replace(one_internal, "".join(endpoint(i) for _, i in REPLICAS[:n]))
     text = text.replace(one_api, "".join(endpoint(a, i) for a, i in REPLICAS[:n]))
-    lines, kept, skip = text.split("\n"), [], None
-    for line in lines:
-        indent = len(line) - len(line.lstrip())
-        if skip is not None and (not line.strip() or indent > skip):
-            continue
-        skip = None
-        if line.strip() == "access_log:":
-            skip = indent
-            continue
-        kept.append(line)
-    open(out, "w").write("\n".join(kept))
+    open(out, "w").write(text)
     return out
 
 

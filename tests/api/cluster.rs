@@ -157,16 +157,8 @@ fn port_with_bus() -> u16 {
     }
 }
 
-async fn login(app: &TestApp, email: &str, password: &str) -> String {
-    let r: Value = app.login(email, password).await.json().await.unwrap();
-    r["access_token"].as_str().unwrap().to_owned()
-}
-
-#[tokio::test]
-async fn two_ushers_share_a_cluster_and_a_dead_master_never_lets_a_revoked_token_pass() {
-    let Some(mut cluster) = Cluster::start().await else {
-        return;
-    };
+/// Two ushers in cluster mode on `cluster`, their change feeds subscribed.
+async fn two_ushers(cluster: &Cluster) -> (TestApp, TestApp) {
     let nodes = cluster.urls();
     let a = TestApp::spawn_with(|c| {
         c.redis.mode = usher::config::RedisMode::Cluster;
@@ -180,6 +172,20 @@ async fn two_ushers_share_a_cluster_and_a_dead_master_never_lets_a_revoked_token
     })
     .await;
     assert!(fed, "both change feeds should subscribe");
+    (a, b)
+}
+
+async fn login(app: &TestApp, email: &str, password: &str) -> String {
+    let r: Value = app.login(email, password).await.json().await.unwrap();
+    r["access_token"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn two_ushers_share_a_cluster_and_a_dead_master_never_lets_a_revoked_token_pass() {
+    let Some(mut cluster) = Cluster::start().await else {
+        return;
+    };
+    let (a, b) = two_ushers(&cluster).await;
     let prefix = a.config.redis.prefix.clone();
 
     // A logout on A is refused on B.
@@ -299,19 +305,7 @@ async fn a_replica_promoted_in_a_cluster_failover_loses_no_revocation() {
     let Some(cluster) = Cluster::start_with(1).await else {
         return;
     };
-    let nodes = cluster.urls();
-    let a = TestApp::spawn_with(|c| {
-        c.redis.mode = usher::config::RedisMode::Cluster;
-        c.redis.nodes = nodes;
-        short_ttl(c);
-    })
-    .await;
-    let b = a.replica().await;
-    let fed = eventually(Duration::from_secs(10), || async {
-        a.state.revocation.feed_is_up() && b.state.revocation.feed_is_up()
-    })
-    .await;
-    assert!(fed, "both change feeds should subscribe");
+    let (a, b) = two_ushers(&cluster).await;
 
     // A logout just before the failover, and checks on both ushers from here to the end.
     let out = a.user().await;

@@ -3,16 +3,21 @@
 use super::*;
 use crate::helpers::Served;
 
-/// Whether Envoy's active health checks see every listed `cluster::127.0.0.1:port` as healthy.
-async fn envoy_sees_healthy(client: &reqwest::Client, admin: u16, hosts: &[(&str, u16)]) -> bool {
-    let Ok(r) = client
+/// Envoy's `/clusters` page: the health flags of every host (empty when Envoy cannot answer).
+async fn envoy_clusters(client: &reqwest::Client, admin: u16) -> String {
+    match client
         .get(format!("http://127.0.0.1:{admin}/clusters"))
         .send()
         .await
-    else {
-        return false;
-    };
-    let text = r.text().await.unwrap_or_default();
+    {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+/// Whether Envoy's active health checks see every listed `cluster::127.0.0.1:port` as healthy.
+async fn envoy_sees_healthy(client: &reqwest::Client, admin: u16, hosts: &[(&str, u16)]) -> bool {
+    let text = envoy_clusters(client, admin).await;
     hosts.iter().all(|(cluster, port)| {
         text.contains(&format!(
             "{cluster}::127.0.0.1:{port}::health_flags::healthy"
@@ -172,14 +177,7 @@ async fn a_rolling_restart_behind_envoy_loses_no_request() {
 /// Whether Envoy no longer counts `port` of `cluster` as healthy (failed health checks or
 /// ejected by outlier detection).
 async fn envoy_gave_up_on(client: &reqwest::Client, admin: u16, cluster: &str, port: u16) -> bool {
-    let Ok(r) = client
-        .get(format!("http://127.0.0.1:{admin}/clusters"))
-        .send()
-        .await
-    else {
-        return false;
-    };
-    let text = r.text().await.unwrap_or_default();
+    let text = envoy_clusters(client, admin).await;
     let flags = format!("{cluster}::127.0.0.1:{port}::health_flags::");
     text.lines()
         .find_map(|l| l.strip_prefix(&flags))
